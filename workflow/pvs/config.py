@@ -1,0 +1,156 @@
+"""Load a study config, fill defaults from the JSON schema, and reject bad values before any job starts.
+
+    python -m pvs.config config.yaml            # prints the validated config with defaults
+    python -m pvs.config configs/smoke.yaml --check
+
+Errors name the offending key and value (``ConfigError: prune.ratios[1] = 1.2: ...``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from pvs.budget import parse_tokens
+from pvs.prune.registry import METHOD_NAMES
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key and the value."""
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def _fill_defaults(node: Any, schema: dict) -> Any:
+    """Recursively insert schema defaults for missing keys (objects only)."""
+    if schema.get("type") != "object" or not isinstance(node, dict):
+        return node
+    for key, sub in schema.get("properties", {}).items():
+        if key not in node and "default" in sub:
+            node[key] = json.loads(json.dumps(sub["default"]))
+        if key in node:
+            node[key] = _fill_defaults(node[key], sub)
+    return node
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    parts = []
+    for p in error.absolute_path:
+        parts.append(f"[{p}]" if isinstance(p, int) else ("." if parts else "") + str(p))
+    return "".join(parts) or "<top level>"
+
+
+def _schema_errors(config: dict, schema: dict) -> list[str]:
+    validator = jsonschema.Draft202012Validator(schema)
+    messages = []
+    for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
+        if error.validator == "additionalProperties":
+            known = sorted(error.schema.get("properties", {}))
+            messages.append(f"{_key_path(error)}: {error.message} (known keys: {', '.join(known)})")
+        else:
+            messages.append(f"{_key_path(error)} = {error.instance!r}: {error.message}")
+    return messages
+
+
+def _semantic_errors(cfg: dict) -> list[str]:
+    """Checks a JSON schema cannot express: ratios, methods, budgets, shapes, source prerequisites."""
+    errors = []
+    for i, ratio in enumerate(cfg["prune"]["ratios"]):
+        if not 0 < ratio < 1:
+            errors.append(f"prune.ratios[{i}] = {ratio!r}: a pruning ratio must lie in (0, 1)")
+    for i, method in enumerate(cfg["prune"]["methods"]):
+        if method not in METHOD_NAMES:
+            errors.append(f"prune.methods[{i}] = {method!r}: unknown method (known: {', '.join(METHOD_NAMES)})")
+    budgets = cfg["budgets"]
+    for key, value in [("parent.tokens", cfg["parent"]["tokens"]), ("budgets.main", budgets["main"]),
+                       ("train.eval_every_tokens", cfg["train"]["eval_every_tokens"])]:
+        try:
+            parse_tokens(value)
+        except ValueError as e:
+            errors.append(f"{key} = {value!r}: {e}")
+    for i, value in enumerate(budgets["scaling"]):
+        try:
+            parse_tokens(value)
+        except ValueError as e:
+            errors.append(f"budgets.scaling[{i}] = {value!r}: {e}")
+    for key, ratio in [("budgets.scaling_ratio", budgets["scaling_ratio"])] + [
+        (f"budgets.setting2_ratios[{i}]", r) for i, r in enumerate(budgets["setting2_ratios"])
+    ]:
+        if ratio not in cfg["prune"]["ratios"]:
+            errors.append(f"{key} = {ratio!r}: must be one of prune.ratios {cfg['prune']['ratios']}")
+    for key, pattern in cfg["prune"]["nm_patterns"].items():
+        n, m = (int(x) for x in pattern.split(":"))
+        if not 0 < n < m:
+            errors.append(f"prune.nm_patterns.{key} = {pattern!r}: need 0 < N < M")
+    arch = cfg["parent"]["arch"]
+    if arch["num_attention_heads"] % arch["num_key_value_heads"]:
+        errors.append(f"parent.arch.num_key_value_heads = {arch['num_key_value_heads']!r}: "
+                      f"must divide num_attention_heads = {arch['num_attention_heads']}")
+    if arch["head_dim"] is None and arch["hidden_size"] % arch["num_attention_heads"]:
+        errors.append(f"parent.arch.hidden_size = {arch['hidden_size']!r}: must be divisible by "
+                      f"num_attention_heads = {arch['num_attention_heads']} (or set head_dim)")
+    if cfg["parent"]["source"] == "pretrained" and not cfg["parent"]["pretrained"]:
+        errors.append("parent.pretrained = None: required when parent.source is 'pretrained'")
+    if cfg["data"]["source"] == "local_text" and not cfg["data"]["local_text"]["paths"]:
+        errors.append("data.local_text.paths = []: required when data.source is 'local_text'")
+    splits = cfg["data"]["splits"]
+    if splits["val"] + splits["calib"] + splits["retrain"] >= 0.95:
+        errors.append(f"data.splits = {splits!r}: val + calib + retrain must leave room for the parent's split")
+    return errors
+
+
+def validate_config(config: dict | None) -> dict:
+    """Return the config with defaults filled in; raise ConfigError listing every problem."""
+    config = {} if config is None else config
+    if not isinstance(config, dict):
+        raise ConfigError(f"<top level> = {config!r}: a config must be a mapping of keys to values")
+    schema = load_schema()
+    cfg = _fill_defaults(json.loads(json.dumps(config)), schema)
+    errors = _schema_errors(cfg, schema)
+    if not errors:
+        errors = _semantic_errors(cfg)
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+    return cfg
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    with open(path) as f:
+        try:
+            raw = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from e
+    return validate_config(raw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pvs.config", description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="path of a study config (YAML)")
+    parser.add_argument("--check", action="store_true", help="only validate; print nothing on success")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"ConfigError: {e}", file=sys.stderr)
+        return 2
+    if not args.check:
+        yaml.safe_dump(cfg, sys.stdout, sort_keys=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

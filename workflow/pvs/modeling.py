@@ -1,0 +1,152 @@
+"""Building, saving, loading and measuring the Llama models of the study (stock transformers classes only).
+
+A model directory is a plain Hugging Face checkpoint: ``config.json``, ``model.safetensors``, tokenizer
+files, plus for sparse children ``masks.safetensors`` ({parameter name: bool mask}, True = kept).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+MASKS_FILE = "masks.safetensors"
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """'auto' -> cuda when available else cpu; 'cuda' fails loudly when no GPU is present."""
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device = 'cuda' was configured but no CUDA GPU is available")
+    if preference == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def llama_config(arch: dict, vocab_size: int, bos_id: int, eos_id: int) -> LlamaConfig:
+    """A Llama-3.1-shaped config (GQA, SwiGLU, RMSNorm, RoPE, untied embeddings) from ``parent.arch``."""
+    head_dim = arch.get("head_dim") or arch["hidden_size"] // arch["num_attention_heads"]
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=arch["hidden_size"],
+        intermediate_size=arch["intermediate_size"],
+        num_hidden_layers=arch["num_hidden_layers"],
+        num_attention_heads=arch["num_attention_heads"],
+        num_key_value_heads=arch["num_key_value_heads"],
+        head_dim=head_dim,
+        hidden_act="silu",
+        max_position_embeddings=arch["max_position_embeddings"],
+        rms_norm_eps=1e-5,
+        rope_theta=arch["rope_theta"],
+        tie_word_embeddings=False,
+        attention_bias=False,
+        mlp_bias=False,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+    )
+
+
+@torch.no_grad()
+def init_weights_(model: torch.nn.Module, std: float, generator: torch.Generator | None = None) -> None:
+    """Re-initialize every weight: truncated normal (std, cut at 2 std) for matrices, ones for norms.
+
+    Biases (FLAP's compensation biases, if any) are zeroed. Deterministic given ``generator``.
+    """
+    for name, p in model.named_parameters():
+        if p.ndim >= 2:
+            tmp = torch.empty(p.shape, dtype=torch.float32)
+            tmp.normal_(0.0, std, generator=generator)
+            tmp.clamp_(-2 * std, 2 * std)
+            p.copy_(tmp)
+        elif name.endswith("bias"):
+            p.zero_()
+        else:
+            p.fill_(1.0)
+
+
+def new_model(config: LlamaConfig, std: float, seed: int) -> LlamaForCausalLM:
+    """A randomly initialized Llama of ``config`` (fp32), deterministic given ``seed``."""
+    model = LlamaForCausalLM(config)
+    init_weights_(model, std, torch.Generator().manual_seed(seed))
+    return model
+
+
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
+               dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
+    """Load a checkpoint directory with the stock Auto class (no remote code)."""
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    return model.to(device)
+
+
+def load_tokenizer(path: str | os.PathLike):
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def save_model(model: torch.nn.Module, out_dir: str | os.PathLike, tokenizer=None,
+               masks: dict[str, torch.Tensor] | None = None) -> None:
+    """Write an HF directory (safetensors) and, for sparse models, the masks next to it."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+    if masks:
+        save_masks(masks, out_dir / MASKS_FILE)
+
+
+def save_masks(masks: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    save_file({k: v.to(torch.bool).contiguous().cpu() for k, v in masks.items()}, str(path))
+
+
+def load_masks(model_dir: str | os.PathLike) -> dict[str, torch.Tensor] | None:
+    """The masks of a sparse child, or None for dense models."""
+    path = Path(model_dir) / MASKS_FILE
+    return load_file(str(path)) if path.exists() else None
+
+
+@torch.no_grad()
+def apply_masks_(model: torch.nn.Module, masks: dict[str, torch.Tensor] | None) -> None:
+    """Zero every masked weight in place (called after each optimizer step for sparse arms)."""
+    if not masks:
+        return
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        p = params[name]
+        p.mul_(mask.to(device=p.device, dtype=p.dtype))
+
+
+def is_block_param(name: str) -> bool:
+    """Non-embedding parameters are those of the transformer blocks (``model.layers.*``)."""
+    return ".layers." in name
+
+
+def count_params(model: torch.nn.Module, masks: dict[str, torch.Tensor] | None = None) -> dict[str, int]:
+    """Total, block (non-embedding) and embedding+head parameters; with masks, block counts only kept weights."""
+    total = block = 0
+    for name, p in model.named_parameters():
+        n = int(masks[name].sum()) if masks and name in masks else p.numel()
+        total += n
+        if is_block_param(name):
+            block += n
+    return {"total": total, "non_embedding": block, "embedding_and_head": total - block}
+
+
+def shape_of(config) -> dict:
+    """The architecture fields that pruning changes, as a plain dict (for meta.json and tables)."""
+    keys = ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "head_dim", "vocab_size"]
+    return {k: getattr(config, k) for k in keys}
+
+
+def write_json(path: str | os.PathLike, obj: dict) -> None:
+    """Write JSON atomically (temp file + rename) so an interrupted job never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, path)

@@ -1,0 +1,94 @@
+"""Token files: the four disjoint splits written by ``pvs.data`` and the readers every stage shares.
+
+Layout of a prepared data directory (``results/data``)::
+
+    tokenizer/            HF tokenizer (AutoTokenizer.from_pretrained works on it)
+    pretrain.bin          parent pretraining split       (np.memmap, dtype in manifest.json)
+    retrain.bin           retraining split (disjoint from pretrain)
+    calib.bin             calibration / mask-learning split
+    val.bin               held-out validation split, grouped by source (ranges in manifest "val_sources")
+    heldout_docs.jsonl    the validation documents as text ({"source", "text"}), for generated eval tasks
+    manifest.json         sources, sha256s, sizes, token counts, hashes
+
+Documents are separated by the tokenizer's ``<|endoftext|>`` token.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+SPLITS = ("pretrain", "retrain", "calib", "val")
+
+
+def read_manifest(data_dir: str | os.PathLike) -> dict:
+    with open(Path(data_dir) / "manifest.json") as f:
+        return json.load(f)
+
+
+def load_split(data_dir: str | os.PathLike, split: str) -> np.ndarray:
+    """A read-only memmap over one split's tokens."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
+    dtype = read_manifest(data_dir)["dtype"]
+    path = Path(data_dir) / f"{split}.bin"
+    if not path.exists():
+        raise FileNotFoundError(f"token file {path} is missing: run the data stage (python -m pvs.data) first")
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def spread_windows(tokens: np.ndarray, seq_len: int, count: int | None) -> np.ndarray:
+    """``count`` non-overlapping windows of ``seq_len`` spread evenly over ``tokens`` (None = all).
+
+    Returns an int64 array (count, seq_len). Evenly spread, so a subset samples every source of a
+    source-grouped split. Raises if the split is shorter than one window.
+    """
+    available = len(tokens) // seq_len
+    if available == 0:
+        raise ValueError(f"split has {len(tokens)} tokens, fewer than one window of {seq_len}")
+    count = available if count is None else min(count, available)
+    starts = (np.linspace(0, available - 1, count).round().astype(np.int64)) * seq_len
+    return np.stack([np.asarray(tokens[s:s + seq_len], dtype=np.int64) for s in starts])
+
+
+class TokenStream:
+    """Several token files read as one stream, in order, from a start offset; wraps around at the end.
+
+    Training batches are consecutive windows of the stream, so "position" (tokens consumed) is the
+    whole data state a resumed run needs. Documents were shuffled when the splits were written.
+    """
+
+    def __init__(self, arrays: list[np.ndarray], start: int = 0):
+        self.arrays = arrays
+        self.length = sum(len(a) for a in arrays)
+        if self.length == 0:
+            raise ValueError("token stream is empty")
+        self.start = start
+
+    def read(self, position: int, n: int) -> np.ndarray:
+        """``n`` tokens starting ``position`` tokens after the stream's start (int64)."""
+        out = np.empty(n, dtype=np.int64)
+        filled = 0
+        offset = (self.start + position) % self.length
+        while filled < n:
+            chunk = self._read_contiguous(offset, n - filled)
+            out[filled:filled + len(chunk)] = chunk
+            filled += len(chunk)
+            offset = (offset + len(chunk)) % self.length
+        return out
+
+    def _read_contiguous(self, offset: int, n: int) -> np.ndarray:
+        for array in self.arrays:
+            if offset < len(array):
+                return np.asarray(array[offset:offset + n])
+            offset -= len(array)
+        raise IndexError(offset)
+
+    def batch(self, position: int, batch_size: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """Inputs and next-token targets, each (batch_size, seq_len), from ``position``."""
+        flat = self.read(position, batch_size * seq_len + 1)
+        x = flat[:-1].reshape(batch_size, seq_len)
+        y = flat[1:].reshape(batch_size, seq_len)
+        return x, y

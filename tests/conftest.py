@@ -1,7 +1,7 @@
 """Shared fixtures: a tiny Llama trained once per test session on real text, and its token files.
 
-The text is the Python standard library's own source (always present, pinned by the Python version),
-encoded as bytes (vocab 256): real, varied English/code text without any download.
+The text is the Python standard library's own prose (pydoc topics) and source code: always present,
+pinned by the Python version, real English and code without any download.
 """
 from __future__ import annotations
 
@@ -24,40 +24,77 @@ TINY_ARCH = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=10, nu
                  num_key_value_heads=2, head_dim=None, rope_theta=10000.0, max_position_embeddings=256)
 
 
-def stdlib_text(max_bytes: int = 1_200_000) -> bytes:
-    """Deterministic real text: the stdlib modules' source, in sorted order, up to ``max_bytes``."""
+def stdlib_documents(max_chars: int = 1_000_000) -> list[tuple[str, str]]:
+    """Real text from two domains, no download: English prose (pydoc topics) and stdlib Python source."""
+    from pydoc_data.topics import topics
+
+    prose = [(f"topic:{k}", v) for k, v in sorted(topics.items()) if len(v) > 200]
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    chunks, size = [], 0
+    code, size = [], 0
     for path in sorted(stdlib.glob("*.py")):
-        data = path.read_bytes()
-        chunks.append(data)
-        size += len(data)
-        if size >= max_bytes:
+        text = path.read_text(encoding="utf-8", errors="replace")[:6000]
+        code.append((f"code:{path.name}", text))
+        size += len(text)
+        if size >= max_chars // 2:
             break
-    return b"".join(chunks)[:max_bytes]
+    return [("prose", t) for _, t in prose] + [("code", t) for _, t in code]
+
+
+def _train_tokenizer(texts: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    eos = "<|endoftext|>"
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=eos, eos_token=eos, pad_token=eos, unk_token=eos)
 
 
 @pytest.fixture(scope="session")
 def byte_splits(tmp_path_factory) -> Path:
-    """A data dir in the pvs.tokens layout (byte tokens, uint16): pretrain/retrain/calib/val splits."""
-    out = tmp_path_factory.mktemp("byte_data")
-    tokens = np.frombuffer(stdlib_text(), dtype=np.uint8).astype(np.uint16)
-    n = len(tokens)
-    cuts = {"pretrain": (0, int(0.7 * n)), "retrain": (int(0.7 * n), int(0.85 * n)),
-            "calib": (int(0.85 * n), int(0.9 * n)), "val": (int(0.9 * n), n)}
-    for split, (a, b) in cuts.items():
-        tokens[a:b].tofile(out / f"{split}.bin")
-    manifest = {"dtype": "uint16", "vocab_size": 256, "splits": {k: b - a for k, (a, b) in cuts.items()},
-                "val_sources": {"stdlib": [0, cuts["val"][1] - cuts["val"][0]]}}
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    """A small data dir in the pvs.tokens layout, from real text with a 512-token BPE tokenizer.
+
+    Documents (two sources: prose, code) are shuffled and split 70/15/5/10 into pretrain/retrain/
+    calib/val; val is grouped by source; heldout_docs.jsonl holds the val documents as text.
+    """
+    out = tmp_path_factory.mktemp("tiny_data")
+    docs = stdlib_documents()
+    order = np.random.default_rng(0).permutation(len(docs))
+    n = len(docs)
+    bounds = {"pretrain": (0, int(0.7 * n)), "retrain": (int(0.7 * n), int(0.85 * n)),
+              "calib": (int(0.85 * n), int(0.9 * n)), "val": (int(0.9 * n), n)}
+    split_docs = {k: [docs[i] for i in order[a:b]] for k, (a, b) in bounds.items()}
+    split_docs["val"].sort(key=lambda d: d[0])
+    tokenizer = _train_tokenizer([t for _, t in split_docs["pretrain"]], 512)
+    tokenizer.save_pretrained(out / "tokenizer")
+    eos = tokenizer.eos_token_id
+    manifest = {"dtype": "uint16", "vocab_size": len(tokenizer), "eos_id": eos, "splits": {}, "val_sources": {}}
+    for split, items in split_docs.items():
+        ids = []
+        for source, text in items:
+            start = len(ids)
+            ids.extend(tokenizer(text)["input_ids"] + [eos])
+            if split == "val":
+                a, _ = manifest["val_sources"].get(source, (start, 0))
+                manifest["val_sources"][source] = [a, len(ids)]
+        np.asarray(ids, dtype=np.uint16).tofile(out / f"{split}.bin")
+        manifest["splits"][split] = {"documents": len(items), "tokens": len(ids)}
+    with open(out / "heldout_docs.jsonl", "w") as f:
+        for source, text in split_docs["val"]:
+            f.write(json.dumps({"source": source, "text": text}) + "\n")
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return out
 
 
 @pytest.fixture(scope="session")
 def tiny_trained_model(byte_splits, tmp_path_factory) -> Path:
-    """A 10-layer GQA Llama (vocab 256) trained ~250 steps on the pretrain split; saved as an HF dir."""
+    """A 10-layer GQA Llama (vocab 512) trained 250 steps on the pretrain split; an HF dir with tokenizer."""
     torch.manual_seed(0)
-    config = llama_config(TINY_ARCH, vocab_size=256, bos_id=0, eos_id=0)
+    config = llama_config(TINY_ARCH, vocab_size=512, bos_id=0, eos_id=0)
     model = new_model(config, std=0.02, seed=0)
     tokens = np.fromfile(byte_splits / "pretrain.bin", dtype=np.uint16).astype(np.int64)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
@@ -77,4 +114,6 @@ def tiny_trained_model(byte_splits, tmp_path_factory) -> Path:
     model.eval()
     out = tmp_path_factory.mktemp("tiny_model")
     model.save_pretrained(out)
+    from transformers import AutoTokenizer
+    AutoTokenizer.from_pretrained(byte_splits / "tokenizer").save_pretrained(out)
     return out

@@ -1,0 +1,249 @@
+"""One trainer for every arm of the study: the parent P, pruned retraining P-R_N, scratch S_N and S_{P+N}.
+
+    python -m pvs.train --arm parent  --tokens 1M   --data results/data --out results/models/parent
+    python -m pvs.train --arm retrain --tokens 300k --init results/pruned/sparsegpt/r0.5 --data ... --out ...
+    python -m pvs.train --arm scratch --tokens 300k --init results/pruned/sparsegpt/r0.5 --data ... --out ...
+
+What an arm decides (ARMS below): which splits it reads and what ``--init`` means.
+  parent         reads pretrain;               shape from parent.arch, random init
+  retrain        reads retrain (disjoint);     weights (and masks) of --init
+  scratch        reads pretrain+retrain from the start; shape (and mask) of --init, random init
+  scratch_total  same as scratch; the workflow passes P+N tokens (setting 2)
+
+The recipe is the paper's (AdamW, 5% warm-up, cosine to 10%, clip 1.0). Budgets are tokens; steps are
+derived once and printed. Sparse masks are re-applied after every optimizer step. ``--ckpt`` holds
+resumable checkpoints (model, optimizer, RNG, step, data position); re-running the same command
+resumes from the latest one and reaches the same final weights as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from pvs import checkpoint
+from pvs.budget import format_tokens, parse_tokens, steps_for_budget
+from pvs.config import load_config, validate_config
+from pvs.modeling import (apply_masks_, count_params, init_weights_, llama_config, load_masks, load_model,
+                          load_tokenizer, pick_device, save_model, write_json)
+from pvs.tokens import TokenStream, load_split, read_manifest, spread_windows
+from pvs.versions import library_versions
+from transformers import AutoConfig, LlamaForCausalLM
+
+
+@dataclass(frozen=True)
+class Arm:
+    splits: tuple[str, ...]   # token files read as one stream, from the start
+    init: str                 # "random" (parent.arch), "weights" or "shape" of --init
+    init_stream: int          # offsets the init seed, so a scratch model never shares the parent's init
+
+
+ARMS = {
+    "parent": Arm(("pretrain",), "random", 0),
+    "retrain": Arm(("retrain",), "weights", 0),
+    "scratch": Arm(("pretrain", "retrain"), "shape", 1),
+    "scratch_total": Arm(("pretrain", "retrain"), "shape", 2),
+}
+
+
+def lr_at(step: int, total_steps: int, recipe: dict) -> float:
+    """Linear warm-up over warmup_frac of the steps, then cosine decay to min_lr_ratio * peak."""
+    peak, floor = recipe["lr"], recipe["lr"] * recipe["min_lr_ratio"]
+    warmup = math.ceil(recipe["warmup_frac"] * total_steps)
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_model(arm: Arm, init: str | None, cfg: dict, vocab_size: int, eos_id: int, seed: int):
+    """The starting model and its masks (None for dense) for an arm."""
+    if arm.init == "random":
+        config = llama_config(cfg["parent"]["arch"], vocab_size, eos_id, eos_id)
+        masks = None
+    else:
+        if init is None:
+            raise ValueError("--init is required for arms that start from a pruned model")
+        masks = load_masks(init)
+        if arm.init == "weights":
+            return load_model(init), masks
+        config = AutoConfig.from_pretrained(init)
+    model = LlamaForCausalLM(config)
+    init_seed = seed * 1000 + arm.init_stream
+    init_weights_(model, cfg["train"]["init_std"], torch.Generator().manual_seed(init_seed))
+    return model, masks
+
+
+def make_optimizer(model: torch.nn.Module, recipe: dict) -> torch.optim.AdamW:
+    """AdamW with decoupled weight decay on matrices only (not on norms or biases)."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": recipe["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=recipe["lr"], betas=tuple(recipe["betas"]), eps=recipe["eps"])
+
+
+@torch.no_grad()
+def validation_loss(model, windows: torch.Tensor, batch_size: int, autocast) -> float:
+    model.eval()
+    total = 0.0
+    for i in range(0, len(windows), batch_size):
+        x = windows[i:i + batch_size]
+        with autocast():
+            total += model(input_ids=x, labels=x).loss.item() * len(x)
+    model.train()
+    return total / len(windows)
+
+
+class MetricsLog:
+    """JSONL metrics kept beside the checkpoint while training (so a resumed run continues the file)."""
+
+    def __init__(self, path: Path, keep_until_step: int):
+        self.path = path
+        lines = path.read_text().splitlines() if path.exists() else []
+        kept = [line for line in lines if json.loads(line)["step"] <= keep_until_step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def train(args: argparse.Namespace, cfg: dict) -> dict:
+    arm = ARMS[args.arm]
+    recipe = cfg["train"]
+    seed = cfg["seed"] if args.seed is None else args.seed
+    torch.set_num_threads(args.threads or cfg["threads_per_job"])
+    device = pick_device(args.device or cfg["device"])
+    manifest = read_manifest(args.data)
+    tokens = parse_tokens(args.tokens)
+    seq_len, batch_size = recipe["seq_len"], recipe["batch_size"]
+    steps = steps_for_budget(tokens, seq_len, batch_size)
+    stream = TokenStream([load_split(args.data, s) for s in arm.splits])
+    eval_every = parse_tokens(recipe["eval_every_tokens"])
+    print(f"[train] arm={args.arm} budget={format_tokens(tokens)} tokens = {steps} steps x {batch_size} x {seq_len} "
+          f"(warm-up {math.ceil(recipe['warmup_frac'] * steps)} steps); data={'+'.join(arm.splits)} "
+          f"({format_tokens(stream.length)} tokens, {steps * batch_size * seq_len / stream.length:.2f} epochs)",
+          file=sys.stderr)
+
+    torch.manual_seed(seed)
+    model, masks = build_model(arm, args.init, cfg, manifest["vocab_size"], manifest["eos_id"], seed)
+    model.to(device).train()
+    apply_masks_(model, masks)
+    optimizer = make_optimizer(model, recipe)
+    signature = {"arm": args.arm, "tokens": tokens, "steps": steps, "seed": seed, "init": args.init,
+                 "recipe": recipe, "data": manifest["splits"]}
+    ckpt_dir = Path(args.ckpt or str(args.out).rstrip("/") + ".ckpt")
+    state = checkpoint.load_state(ckpt_dir)
+    if state is not None and state["signature"] != json.loads(json.dumps(signature)):
+        print(f"[train] checkpoint in {ckpt_dir} belongs to another run configuration; starting over", file=sys.stderr)
+        shutil.rmtree(ckpt_dir)
+        state = None
+    start_step = 0
+    if state is not None:
+        state = checkpoint.restore(ckpt_dir, model, optimizer)
+        start_step = state["step"]
+        print(f"[train] resumed from {ckpt_dir} at step {start_step}", file=sys.stderr)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    log = MetricsLog(ckpt_dir / "metrics.jsonl", start_step)
+
+    val = torch.from_numpy(spread_windows(load_split(args.data, "val"), seq_len, recipe["eval_windows"])).to(device)
+    use_bf16 = recipe["precision"] == "bf16" and device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    step_fn = torch.compile(model) if recipe["compile"] else model
+    if start_step == 0:
+        log.write({"step": 0, "tokens": 0, "val_loss": validation_loss(model, val, batch_size, autocast)})
+
+    t0, losses = time.time(), []
+    progress = tqdm(range(start_step, steps), initial=start_step, total=steps, desc=f"train {args.arm}",
+                    file=sys.stderr, mininterval=5)
+    for step in progress:
+        lr = lr_at(step, steps, recipe)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y = stream.batch(step * batch_size * seq_len, batch_size, seq_len)
+        x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        tick = time.time()
+        with autocast():
+            logits = step_fn(input_ids=x).logits
+        loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe["grad_clip"])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        apply_masks_(model, masks)
+        seen = (step + 1) * batch_size * seq_len
+        losses.append(loss.item())
+        record = {"step": step + 1, "tokens": seen, "loss": losses[-1], "lr": lr, "grad_norm": float(grad_norm),
+                  "tok_per_s": batch_size * seq_len / max(time.time() - tick, 1e-9)}
+        if seen // eval_every > (seen - batch_size * seq_len) // eval_every or step + 1 == steps:
+            record["val_loss"] = validation_loss(model, val, batch_size, autocast)
+        log.write(record)
+        progress.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}", refresh=False)
+        if (step + 1) % recipe["checkpoint_every"] == 0 and step + 1 < steps:
+            checkpoint.save(ckpt_dir, model, optimizer, {"step": step + 1, "position": seen, "signature": signature})
+        if args.stop_after_steps and step + 1 - start_step >= args.stop_after_steps and step + 1 < steps:
+            checkpoint.save(ckpt_dir, model, optimizer, {"step": step + 1, "position": seen, "signature": signature})
+            print(f"[train] stopping early after step {step + 1} (--stop-after-steps)", file=sys.stderr)
+            return {"stopped_at": step + 1}
+    seconds = time.time() - t0
+    return finish(args, cfg, model, masks, log, ckpt_dir, signature, seconds, start_step)
+
+
+def finish(args, cfg, model, masks, log: MetricsLog, ckpt_dir: Path, signature: dict, seconds: float,
+           start_step: int) -> dict:
+    """Write the trained model, its metrics and train_meta.json into --out; drop the checkpoint."""
+    out = Path(args.out)
+    records = [json.loads(line) for line in log.path.read_text().splitlines()]
+    train_losses = [r["loss"] for r in records if "loss" in r]
+    tail = train_losses[-max(1, len(train_losses) // 10):]
+    save_model(model.cpu(), out, load_tokenizer(Path(args.data) / "tokenizer"), masks)
+    shutil.copy(log.path, out / "metrics.jsonl")
+    if args.init and (Path(args.init) / "meta.json").exists():
+        shutil.copy(Path(args.init) / "meta.json", out / "meta.json")
+    meta = {**signature, "tokens_seen": records[-1]["tokens"], "final_train_loss": sum(tail) / len(tail),
+            "final_val_loss": next(r["val_loss"] for r in reversed(records) if "val_loss" in r),
+            "params": count_params(model, masks), "seconds_this_run": seconds, "resumed_from_step": start_step,
+            "versions": library_versions(), "study": cfg["study"]}
+    write_json(out / "train_meta.json", meta)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    print(f"[train] done: {meta['tokens_seen']} tokens, final train loss {meta['final_train_loss']:.4f}, "
+          f"val loss {meta['final_val_loss']:.4f}, {seconds:.0f}s", file=sys.stderr)
+    return meta
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pvs.train", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 2)[2])
+    parser.add_argument("--arm", required=True, choices=sorted(ARMS), help="which arm of the study this run is")
+    parser.add_argument("--tokens", required=True, help="token budget of this run, e.g. 300k, 1.5M, 50B")
+    parser.add_argument("--data", required=True, help="prepared data directory (python -m pvs.data)")
+    parser.add_argument("--out", required=True, help="output HF model directory")
+    parser.add_argument("--init", help="pruned model directory (weights for retrain, shape+mask for scratch)")
+    parser.add_argument("--config", help="study config (YAML); defaults of the schema when omitted")
+    parser.add_argument("--ckpt", help="checkpoint directory for resuming (default: OUT.ckpt)")
+    parser.add_argument("--seed", type=int, help="override the config's seed")
+    parser.add_argument("--threads", type=int, help="torch threads (default: threads_per_job)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the config's device")
+    parser.add_argument("--stop-after-steps", type=int, help="checkpoint and exit after this many steps (to test resume)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = load_config(args.config) if args.config else validate_config({})
+    train(args, cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

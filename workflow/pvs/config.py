@@ -137,6 +137,22 @@ def load_config(path: str | os.PathLike) -> dict:
     return validate_config(raw)
 
 
+def write_resolved_config(cfg: dict, path: str | os.PathLike) -> str:
+    """Write the validated config (defaults filled) for the jobs to read; rewritten only when it changed.
+
+    Jobs read their settings from this file, while each rule declares the config sections it depends on
+    as ``params`` so that Snakemake re-runs exactly the jobs whose settings changed.
+    """
+    path = Path(path)
+    text = yaml.safe_dump(cfg, sort_keys=False)
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pvs.config", description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="path of a study config (YAML)")

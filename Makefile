@@ -1,0 +1,31 @@
+# The README's two commands:  `make study` (set up + run the default study) and `make test` (set up + run the tests).
+# Both create .venv from the pinned lock file when it is missing or older than the lock.
+PYTHON ?= python3
+VENV   ?= .venv
+CORES  ?= 2
+BIN     = $(VENV)/bin
+
+.PHONY: study smoke test dry-run clean-results venv
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: envs/requirements.lock.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r envs/requirements.lock.txt
+	touch $@
+
+study: venv  ## the default study (config.yaml) -> results/
+	$(BIN)/snakemake --cores $(CORES)
+
+smoke: venv  ## the smoke study (configs/smoke.yaml), a few minutes
+	$(BIN)/snakemake --cores $(CORES) --configfile configs/smoke.yaml
+
+test: venv  ## unit tests + the smoke study end to end through snakemake
+	$(BIN)/python -m pytest -q tests
+
+dry-run: venv
+	$(BIN)/snakemake -n --cores $(CORES)
+
+clean-results:
+	rm -rf results/* .snakemake

@@ -1,0 +1,25 @@
+# The pruning-vs-scratch study as one DAG: data -> parent -> prune -> retrain / scratch -> evaluate -> report.
+# Logic lives in the Python package workflow/pvs; the rules only wire files together.
+#   snakemake --cores 2                              # the default study (config.yaml)
+#   snakemake --cores 2 --configfile configs/smoke.yaml
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/parent.smk"
+include: "workflow/rules/prune.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        REPORT_OUTPUTS,
+    default_target: True

@@ -1,0 +1,44 @@
+# Corpus -> tokenizer -> four disjoint token splits; and the local lm-eval tasks made from held-out text.
+
+
+rule prepare_data:
+    output:
+        manifest=f"{R}/data/manifest.json",
+        splits=expand(f"{R}/data/{{split}}.bin", split=["pretrain", "retrain", "calib", "val"]),
+        heldout=f"{R}/data/heldout_docs.jsonl",
+        tokenizer=directory(f"{R}/data/tokenizer"),
+    params:
+        data=config["data"],
+        seed=config["seed"],
+        tokenizer=(
+            f"--tokenizer {config['parent']['pretrained']}"
+            if config["parent"]["source"] == "pretrained"
+            else ""
+        ),
+    log:
+        f"{R}/logs/data/prepare_data.log",
+    benchmark:
+        f"{R}/benchmarks/data/prepare_data.tsv"
+    threads: workflow.cores
+    shell:
+        f"{PY} -m pvs.data --config {CONFIG} --out {R}/data --cache {R}/downloads {{params.tokenizer}} > {{log}} 2>&1"
+
+
+rule eval_tasks:
+    input:
+        heldout=rules.prepare_data.output.heldout,
+        manifest=rules.prepare_data.output.manifest,
+    output:
+        directory(f"{R}/data/lmeval_tasks"),
+    params:
+        evaluate=config["evaluate"],
+        seed=config["seed"],
+        blimp=" ".join(config["evaluate"]["blimp_subtasks"]),
+    log:
+        f"{R}/logs/data/eval_tasks.log",
+    benchmark:
+        f"{R}/benchmarks/data/eval_tasks.tsv"
+    shell:
+        f"{PY} -m pvs.evaltasks --data {R}/data --out {{output}} --examples {config['evaluate']['local_task_examples']}"
+        f" --seed {config['seed']} --blimp-dir {config['evaluate']['blimp_dir']}"
+        f" --blimp-limit {config['evaluate']['blimp_limit'] or 0} --blimp-subtasks {{params.blimp}} > {{log}} 2>&1"

@@ -1,0 +1,21 @@
+# One job per method and ratio: parent -> one-shot pruned child (HF dir, meta.json, masks for sparse methods).
+
+
+rule prune:
+    input:
+        parent=f"{R}/models/parent",
+        manifest=DATA.manifest,
+        splits=DATA.splits,
+    output:
+        directory(f"{R}/models/pruned/{{method}}/r{{ratio}}"),
+    params:
+        prune=config["prune"],
+        seed=config["seed"],
+    log:
+        f"{R}/logs/prune/{{method}}/r{{ratio}}.log",
+    benchmark:
+        f"{R}/benchmarks/prune/{{method}}/r{{ratio}}.tsv"
+    threads: config["threads_per_job"]
+    shell:
+        f"{PY} -m pvs.prune --method {{wildcards.method}} --ratio {{wildcards.ratio}} --model {{input.parent}}"
+        f" --data {R}/data --out {{output}} --config {CONFIG} --threads {{threads}} > {{log}} 2>&1"

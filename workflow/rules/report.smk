@@ -3,7 +3,10 @@
 REPORT_OUTPUTS = [
     f"{R}/summary.csv",
     f"{R}/tables/setting1.md",
+    f"{R}/tables/setting1.csv",
+    f"{R}/tables/setting1_scaling.csv",
     f"{R}/tables/setting2.md",
+    f"{R}/tables/setting2.csv",
     f"{R}/figures/loss_vs_tokens.png",
     f"{R}/figures/setting2.png",
 ]

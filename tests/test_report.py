@@ -1,0 +1,264 @@
+"""The report stage on synthetic evaluation JSONs with known numbers: summary, tables, figures, gaps.
+
+The synthetic study: parent P (1M tokens), two methods (minitron_depth coarse, sparsegpt fine) at ratios
+0.5 and 0.6, main budget 300k, scaling budgets 100k/300k/1M at r = 0.5, setting 2 at r = 0.5.
+By construction pruning wins setting 1 everywhere; in setting 2 scratch wins for minitron_depth and
+pruning wins for sparsegpt (the paper's finding). sparsegpt P-R_300k at r = 0.5 has two seeds
+(3.0 and 3.2, mean 3.1); sparsegpt P-R_300k at r = 0.6 is missing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import matplotlib.image
+import pandas as pd
+import pytest
+import yaml
+
+from pvs import report
+from pvs.config import validate_config
+from pvs.tables import run_label
+
+RAW_CONFIG = {"study": "synthetic",
+              "parent": {"tokens": "1M"},
+              "prune": {"methods": ["sparsegpt", "minitron_depth"], "ratios": [0.5, 0.6]},
+              "budgets": {"main": "300k", "scaling": ["100k", "300k", "1M"], "scaling_ratio": 0.5,
+                          "setting2_ratios": [0.5]}}
+K, M = 1000, 1000_000
+# (arm, method, ratio, budget, train_tokens, seed, val_loss, avg acc, achieved ratio)
+RUNS = [
+    ("parent", None, None, None, 1 * M, 0, 3.0, 0.50, None),
+    ("pruned", "minitron_depth", 0.5, 0, 0, 0, 5.0, 0.30, 0.48),
+    ("pruned", "minitron_depth", 0.6, 0, 0, 0, 5.5, 0.28, 0.58),
+    ("retrain", "minitron_depth", 0.5, 100 * K, 100 * K, 0, 3.6, 0.42, 0.48),
+    ("retrain", "minitron_depth", 0.5, 300 * K, 300 * K, 0, 3.4, 0.44, 0.48),
+    ("retrain", "minitron_depth", 0.5, 1 * M, 1 * M, 0, 3.2, 0.45, 0.48),
+    ("scratch", "minitron_depth", 0.5, 100 * K, 100 * K, 0, 4.0, 0.36, None),
+    ("scratch", "minitron_depth", 0.5, 300 * K, 300 * K, 0, 3.6, 0.40, None),
+    ("scratch", "minitron_depth", 0.5, 1 * M, 1 * M, 0, 3.3, 0.43, None),
+    ("retrain", "minitron_depth", 0.6, 300 * K, 300 * K, 0, 3.5, 0.42, 0.58),
+    ("scratch", "minitron_depth", 0.6, 300 * K, 300 * K, 0, 3.7, 0.39, None),
+    ("scratch_total", "minitron_depth", 0.5, 300 * K, 1300 * K, 0, 3.3, 0.46, None),
+    ("pruned", "sparsegpt", 0.5, 0, 0, 0, 3.3, 0.45, 0.5),
+    ("pruned", "sparsegpt", 0.6, 0, 0, 0, 3.6, 0.41, 0.6),
+    ("retrain", "sparsegpt", 0.5, 100 * K, 100 * K, 0, 3.15, 0.46, 0.5),
+    ("retrain", "sparsegpt", 0.5, 300 * K, 300 * K, 0, 3.0, 0.47, 0.5),
+    ("retrain", "sparsegpt", 0.5, 300 * K, 300 * K, 1, 3.2, 0.49, 0.5),
+    ("retrain", "sparsegpt", 0.5, 1 * M, 1 * M, 0, 3.05, 0.48, 0.5),
+    ("scratch", "sparsegpt", 0.5, 100 * K, 100 * K, 0, 3.9, 0.37, None),
+    ("scratch", "sparsegpt", 0.5, 300 * K, 300 * K, 0, 3.5, 0.41, None),
+    ("scratch", "sparsegpt", 0.5, 1 * M, 1 * M, 0, 3.25, 0.44, None),
+    ("scratch", "sparsegpt", 0.6, 300 * K, 300 * K, 0, 3.8, 0.38, None),
+    ("scratch_total", "sparsegpt", 0.5, 300 * K, 1300 * K, 0, 3.2, 0.45, None),
+]
+
+
+def make_eval(arm, method, ratio, budget, train_tokens, seed, loss, acc, achieved, study="synthetic") -> dict:
+    """An evaluation JSON in the evaluate stage's format."""
+    prune = None if achieved is None else {"method": method, "target_ratio": ratio, "achieved_ratio": achieved}
+    return {"study": study,
+            "model": {"path": f"models/{arm}", "arm": arm, "method": method, "ratio": ratio, "budget": budget,
+                      "train_tokens": train_tokens, "seed": seed},
+            "params": {"total": 1000, "non_embedding": 600, "embedding_and_head": 400},
+            "shape": {"hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 5,
+                      "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 512},
+            "metrics": {"val_loss": loss, "val_ppl": 2.718281828 ** loss, "ppl/austen": 30.0,
+                        "lmeval/arc_easy": acc - 0.01, "lmeval/avg": acc},
+            "lmeval_detail": {}, "model_meta": {"prune": prune, "train": None},
+            "versions": {"torch": "2.13.0", "transformers": "5.24.0"}, "seconds": 1.5}
+
+
+def write_evals(directory, runs=RUNS) -> list:
+    paths = []
+    for i, run in enumerate(runs):
+        arm, method, ratio = run[:3]
+        path = directory / (f"{arm}.json" if arm == "parent" else f"{arm}/{method}/r{ratio}/{i}.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(make_eval(*run)))
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory):
+    """The report of the full synthetic study, built once: (out dir, paths of written files)."""
+    root = tmp_path_factory.mktemp("report")
+    paths = write_evals(root / "eval")
+    records = report.load_records(paths)
+    written = report.build_report(validate_config(RAW_CONFIG), records, root / "out")
+    return root / "out", written
+
+
+def _row(df: pd.DataFrame, **where) -> pd.Series:
+    sel = pd.Series(True, index=df.index)
+    for key, value in where.items():
+        sel &= df[key] == value
+    assert sel.sum() == 1, where
+    return df[sel].iloc[0]
+
+
+def test_run_labels_follow_the_paper():
+    assert run_label("parent", None, 1 * M) == "P"
+    assert run_label("pruned", 0, 0) == "P-R_0"
+    assert run_label("retrain", 300 * K, 300 * K) == "P-R_300k"
+    assert run_label("scratch", 300 * K, 300 * K) == "S_300k"
+    assert run_label("scratch_total", 300 * K, 1300 * K) == "S_1.3M"
+
+
+def test_summary_has_one_row_per_model_in_granularity_order(full_report):
+    out, _ = full_report
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == len(RUNS)
+    assert summary.label.iloc[0] == "P" and summary.arm.iloc[0] == "parent"
+    methods = summary.method.dropna().tolist()
+    assert methods == sorted(methods, key=["minitron_depth", "sparsegpt"].index)   # coarse before fine
+    seed1 = _row(summary, arm="retrain", method="sparsegpt", budget=300 * K, seed=1)
+    assert seed1.val_loss == 3.2 and seed1["lmeval/avg"] == 0.49 and seed1.label == "P-R_300k"
+    total = _row(summary, arm="scratch_total", method="minitron_depth")
+    assert total.label == "S_1.3M" and total.train_tokens == 1300 * K and total.budget == 300 * K
+    assert _row(summary, arm="pruned", method="minitron_depth", ratio=0.5).achieved_ratio == 0.48
+    assert {"params_total", "params_non_embedding", "val_ppl", "ppl/austen", "lmeval/arc_easy",
+            "torch_version", "transformers_version"} <= set(summary.columns)
+    assert ",300000," in (out / "summary.csv").read_text()        # integer budgets stay integers
+
+
+def test_setting1_table_values_and_signs(full_report):
+    out, _ = full_report
+    s1 = pd.read_csv(out / "tables" / "setting1.csv")
+    assert list(s1.method) == ["minitron_depth"] * 2 + ["sparsegpt"] * 2
+    depth = _row(s1, method="minitron_depth", ratio=0.5)
+    assert (depth.pruned_loss, depth.retrain_loss, depth.scratch_loss) == (5.0, 3.4, 3.6)
+    assert depth.delta_loss == pytest.approx(0.2) and depth.delta_acc == pytest.approx(0.04)
+    assert depth.achieved_ratio == 0.48 and depth.parent_loss == 3.0
+    sparse = _row(s1, method="sparsegpt", ratio=0.5)
+    assert sparse.retrain_loss == pytest.approx(3.1) and sparse.retrain_n == 2     # mean of two seeds
+    assert sparse.retrain_acc == pytest.approx(0.48) and sparse.delta_loss == pytest.approx(0.4)
+    missing = _row(s1, method="sparsegpt", ratio=0.6)
+    assert pd.isna(missing.retrain_loss) and pd.isna(missing.delta_loss) and missing.scratch_loss == 3.8
+    assert (s1.delta_loss.dropna() > 0).all()                       # pruning wins setting 1 by construction
+
+
+def test_setting1_markdown_shows_dash_for_missing_run(full_report):
+    out, _ = full_report
+    md = (out / "tables" / "setting1.md").read_text()
+    assert "P-R_300k loss" in md and "S_300k loss" in md and "Parent P (1M tokens): val loss 3.000" in md
+    depth_row = next(line for line in md.splitlines() if line.startswith("| Minitron-Depth") and "| 0.5 " in line)
+    assert "+0.200" in depth_row and "5.000" in depth_row and "+4.0" in depth_row
+    gap_row = next(line for line in md.splitlines() if line.startswith("| SparseGPT") and "| 0.6 " in line)
+    cells = [c.strip() for c in gap_row.strip("|").split("|")]
+    assert cells[4] == "–" and cells[5] == "3.800" and cells[6] == "–"
+    assert md.index("Minitron-Depth") < md.index("SparseGPT")
+
+
+def test_scaling_table(full_report):
+    out, _ = full_report
+    scaling = pd.read_csv(out / "tables" / "setting1_scaling.csv")
+    assert len(scaling) == 2 * 3 and set(scaling.budget) == {100 * K, 300 * K, 1 * M}
+    assert _row(scaling, method="minitron_depth", budget=1 * M).delta_loss == pytest.approx(0.1)
+    assert _row(scaling, method="sparsegpt", budget=100 * K).delta_loss == pytest.approx(0.75)
+    md = (out / "tables" / "setting1.md").read_text()
+    assert "## Token scaling at r = 0.5" in md and "| 100k" in md and "+0.750" in md
+
+
+def test_setting2_winners(full_report):
+    out, _ = full_report
+    s2 = pd.read_csv(out / "tables" / "setting2.csv")
+    depth, sparse = _row(s2, method="minitron_depth"), _row(s2, method="sparsegpt")
+    assert depth.delta_loss == pytest.approx(-0.1) and depth.delta_acc == pytest.approx(-0.02)
+    assert depth.winner_loss == "scratch_total" and depth.winner_acc == "scratch_total"
+    assert sparse.delta_loss == pytest.approx(0.1) and sparse.winner_loss == "retrain"
+    assert sparse.winner_acc == "retrain" and sparse.parent_loss == 3.0
+    md = (out / "tables" / "setting2.md").read_text()
+    depth_row = next(line for line in md.splitlines() if line.startswith("| Minitron-Depth"))
+    sparse_row = next(line for line in md.splitlines() if line.startswith("| SparseGPT"))
+    assert "S_1.3M" in depth_row and "-0.100" in depth_row
+    assert "P-R_300k" in sparse_row and "+0.100" in sparse_row
+    assert "Parent P (1M tokens)" in md
+
+
+def test_figures_are_written_and_open(full_report):
+    out, written = full_report
+    for name in ("loss_vs_tokens", "setting2_fig"):
+        image = matplotlib.image.imread(written[name])
+        height, width = image.shape[:2]
+        assert 300 <= width <= 1200 and 300 <= height <= 1200, (name, image.shape)
+    leftovers = [p for p in out.rglob("*") if p.name.startswith(".")]
+    assert leftovers == []                                          # no temp files left behind
+
+
+def test_missing_runs_do_not_crash(tmp_path, caplog):
+    only = [RUNS[0], RUNS[1], RUNS[3]]          # parent, one pruned, one retrain: no pair anywhere
+    paths = write_evals(tmp_path / "eval", only)
+    with caplog.at_level(logging.INFO, logger="pvs"):
+        written = report.build_report(validate_config(RAW_CONFIG), report.load_records(paths), tmp_path / "out")
+    s1 = (tmp_path / "out" / "tables" / "setting1.md").read_text()
+    s2 = (tmp_path / "out" / "tables" / "setting2.md").read_text()
+    assert s1.count("–") > 10 and "| –" in s2
+    assert "skipped minitron_depth P-R_N at r=0.5: 1 point(s)" in caplog.text
+    assert "setting2: skipped sparsegpt" in caplog.text
+    for name in ("loss_vs_tokens", "setting2_fig"):
+        assert matplotlib.image.imread(written[name]).shape[0] > 100
+
+
+def test_cli_reads_a_directory_skips_foreign_json_and_other_studies(tmp_path, capsys):
+    write_evals(tmp_path / "eval", RUNS[:12])
+    (tmp_path / "eval" / "meta.json").write_text(json.dumps({"method": "x"}))          # not an evaluation
+    (tmp_path / "eval" / "other.json").write_text(json.dumps(make_eval(*RUNS[1], study="elsewhere")))
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(RAW_CONFIG))
+    code = report.main(["--config", str(config), "--evals-dir", str(tmp_path / "eval"), "--out", str(tmp_path / "r")])
+    assert code == 0
+    summary = pd.read_csv(tmp_path / "r" / "summary.csv")
+    assert len(summary) == 12 and set(summary.study) == {"synthetic"}
+    assert str(tmp_path / "r" / "figures" / "setting2.png") in capsys.readouterr().out
+
+
+def test_cli_rejects_a_named_file_that_is_not_an_evaluation(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"model": {"arm": "retrain"}, "metrics": {}}))
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(RAW_CONFIG))
+    assert report.main(["--config", str(config), "--evals", str(bad), "--out", str(tmp_path / "r")]) == 2
+    assert "bad.json: metrics.val_loss is missing" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_no_runs_no_lmeval_and_no_setting2_ratios(tmp_path):
+    raw = json.loads(json.dumps(RAW_CONFIG))
+    raw["budgets"]["setting2_ratios"] = []
+    written = report.build_report(validate_config(raw), [], tmp_path / "empty")
+    assert "No setting-2 ratios are configured." in written["setting2_md"].read_text()
+    assert "Parent P: no evaluation found." in written["setting1_md"].read_text()
+    assert pd.read_csv(written["summary"]).empty and pd.read_csv(written["setting2_csv"]).empty
+    assert all(written[name].stat().st_size > 1000 for name in ("loss_vs_tokens", "setting2_fig"))
+
+    records = []
+    for i, run in enumerate(RUNS):                                   # evaluate.lmeval: false
+        ev = make_eval(*run)
+        ev["metrics"] = {k: v for k, v in ev["metrics"].items() if not k.startswith("lmeval/")}
+        (tmp_path / f"{i}.json").write_text(json.dumps(ev))
+        records.append(report.read_eval(tmp_path / f"{i}.json"))
+    written = report.build_report(validate_config(RAW_CONFIG), records, tmp_path / "nolm")
+    s2 = pd.read_csv(written["setting2_csv"])
+    assert s2.retrain_acc.isna().all() and s2.winner_acc.isna().all() and list(s2.winner_loss) == ["scratch_total", "retrain"]
+    assert "avg acc –." in written["setting2_md"].read_text()
+
+
+def test_token_counts_may_be_written_as_strings(tmp_path):
+    ev = make_eval("scratch_total", "sparsegpt", 0.5, "300k", "1.3M", 0, 3.2, 0.45, None)
+    (tmp_path / "e.json").write_text(json.dumps(ev))
+    record = report.read_eval(tmp_path / "e.json")
+    assert (record["budget"], record["train_tokens"], record["label"]) == (300 * K, 1300 * K, "S_1.3M")
+    ev["model"]["budget"] = "lots"
+    (tmp_path / "e.json").write_text(json.dumps(ev))
+    with pytest.raises(report.EvalFormatError, match="model.budget = 'lots'"):
+        report.read_eval(tmp_path / "e.json")
+
+
+def test_a_model_evaluated_twice_counts_once(tmp_path, caplog):
+    paths = write_evals(tmp_path / "a", RUNS[:2]) + write_evals(tmp_path / "b", RUNS[:2])
+    with caplog.at_level(logging.WARNING, logger="pvs"):
+        summary = report.summary_frame(report.load_records(paths + paths[:1]))   # a path given twice is read once
+    assert len(summary) == 2 and all(str(tmp_path / "b") in f for f in summary.eval_file)
+    assert caplog.text.count("duplicate evaluation") == 2

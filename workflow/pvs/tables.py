@@ -1,0 +1,274 @@
+"""Tables of the report: the study's grid, seed-averaged runs, the setting-1/2 comparisons, markdown.
+
+The grid (methods coarse -> fine x ratios x budgets) comes from the config, so every configured grid point
+gets a row even when its run is missing: "–" in markdown, an empty cell in CSV. A run is one RUN_KEYS
+identity; several seeds of a run are averaged (mean). Sign convention: Δ loss = S − P-R and
+Δ acc = P-R − S, so a positive Δ means pruning wins.
+
+The CSV tables keep stable column names (SETTING1_COLUMNS, SCALING_COLUMNS, SETTING2_COLUMNS) and raw
+numbers (accuracies as fractions, `*_n` = seeds averaged, winner = 'retrain', 'scratch_total' or 'tie');
+the markdown tables name the runs as the paper does (P-R_300k, S_300k, S_1.3M) and show accuracies in %.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from pvs import figures
+from pvs.budget import format_tokens, parse_tokens
+from pvs.prune.registry import GRANULARITY_ORDER
+
+log = logging.getLogger("pvs.tables")
+
+ARM_ORDER = ["parent", "pruned", "retrain", "scratch", "scratch_total"]
+RUN_KEYS = ["arm", "method", "ratio", "budget", "train_tokens"]   # a run = these; seeds are averaged
+LOSS, ACC = "val_loss", "lmeval/avg"
+MISSING = "–"
+_PAIR = ["retrain_loss", "{0}_loss", "delta_loss", "retrain_acc", "{0}_acc", "delta_acc", "retrain_n", "{0}_n"]
+SETTING1_COLUMNS = (["method", "ratio", "achieved_ratio", "budget", "pruned_loss"]
+                    + [c.format("scratch") for c in _PAIR] + ["parent_loss", "parent_acc"])
+SCALING_COLUMNS = ["method", "ratio", "budget"] + [c.format("scratch") for c in _PAIR]
+SETTING2_COLUMNS = (["method", "ratio", "achieved_ratio", "budget"] + [c.format("scratch_total") for c in _PAIR]
+                    + ["winner_loss", "winner_acc", "parent_loss", "parent_acc"])
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The study's grid, from the config: what every table has a row or column for."""
+    study: str
+    methods: tuple[str, ...]          # coarse -> fine
+    ratios: tuple[float, ...]
+    main: int
+    scaling: tuple[int, ...]          # the scaling budgets plus the main budget, ascending
+    scaling_ratio: float
+    setting2_ratios: tuple[float, ...]
+    parent_tokens: int
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> Grid:
+        budgets, main = cfg["budgets"], parse_tokens(cfg["budgets"]["main"])
+        return cls(study=cfg["study"], methods=tuple(order_methods(cfg["prune"]["methods"])),
+                   ratios=tuple(sorted(as_ratio(r) for r in cfg["prune"]["ratios"])), main=main,
+                   scaling=tuple(sorted({parse_tokens(b) for b in budgets["scaling"]} | {main})),
+                   scaling_ratio=as_ratio(budgets["scaling_ratio"]),
+                   setting2_ratios=tuple(sorted(as_ratio(r) for r in budgets["setting2_ratios"])),
+                   parent_tokens=parse_tokens(cfg["parent"]["tokens"]))
+
+
+def order_methods(methods) -> list[str]:
+    """Methods coarse -> fine (GRANULARITY_ORDER), unknown ones after, alphabetically."""
+    methods = set(methods)
+    return [m for m in GRANULARITY_ORDER if m in methods] + sorted(methods - set(GRANULARITY_ORDER))
+
+
+def as_ratio(ratio) -> float | None:
+    """Ratios are compared after rounding to 6 decimals (0.6 from JSON == 0.6 from YAML)."""
+    return None if ratio is None else round(float(ratio), 6)
+
+
+def run_label(arm: str, budget: int | None, train_tokens: int | None) -> str:
+    """The paper's name of a run: P, P-R_0 (one-shot pruned), P-R_300k, S_300k, S_1.3M (= S_{P+N})."""
+    if arm == "parent":
+        return "P"
+    if arm == "pruned":
+        return "P-R_0"
+    if arm == "retrain":
+        return f"P-R_{format_tokens(budget)}"
+    return f"S_{format_tokens(train_tokens)}"
+
+
+def mean_over_seeds(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per run (RUN_KEYS): mean val loss, avg acc and achieved ratio over its seeds, and n seeds."""
+    df = summary.assign(budget=summary.budget.astype("float64"),
+                        train_tokens=summary.train_tokens.astype("float64"))
+    groups = df.groupby(RUN_KEYS, dropna=False, sort=False)
+    runs = groups[[LOSS, ACC, "achieved_ratio"]].mean()
+    return runs.assign(n=groups.size()).reset_index()
+
+
+# ---------------------------------------------------------------- comparisons on the grid
+
+def _pick(runs: pd.DataFrame, arm: str, method: str | None = None, ratio: float | None = None,
+          budget: int | None = None) -> pd.Series | None:
+    sel = runs.arm == arm
+    if method is not None:
+        sel &= (runs.method == method) & (runs.ratio == ratio)
+    if budget is not None:
+        sel &= runs.budget == budget
+    rows = runs[sel]
+    if len(rows) > 1:
+        log.warning("%d runs match %s %s r=%s N=%s; using the first", len(rows), arm, method, ratio, budget)
+    return None if rows.empty else rows.iloc[0]
+
+
+def metric(row: pd.Series | None, col: str) -> float:
+    """A number of a run row; NaN when there is no run or no such value."""
+    return float("nan") if row is None or pd.isna(row[col]) else float(row[col])
+
+
+def parent_run(runs: pd.DataFrame, grid: Grid) -> pd.Series | None:
+    """The parent P, preferring the one trained on the config's parent.tokens."""
+    preferred = _pick(runs[runs.train_tokens == grid.parent_tokens], "parent")
+    return preferred if preferred is not None else _pick(runs, "parent")
+
+
+def _achieved(runs: pd.DataFrame, method: str, ratio: float) -> float:
+    rows = runs[(runs.method == method) & (runs.ratio == ratio) & runs.achieved_ratio.notna()]
+    rows = rows.sort_values("arm", key=lambda a: a.map({"pruned": 0}).fillna(1))
+    return float("nan") if rows.empty else float(rows.achieved_ratio.iloc[0])
+
+
+def compare(runs: pd.DataFrame, method: str, ratio: float, budget: int, rival: str) -> dict:
+    """P-R_N against ``rival`` (scratch or scratch_total) at budget N: losses, accs, Δs, seed counts."""
+    pruned, other = _pick(runs, "retrain", method, ratio, budget), _pick(runs, rival, method, ratio, budget)
+    row = {"retrain_loss": metric(pruned, LOSS), f"{rival}_loss": metric(other, LOSS)}
+    row["delta_loss"] = row[f"{rival}_loss"] - row["retrain_loss"]
+    row.update({"retrain_acc": metric(pruned, ACC), f"{rival}_acc": metric(other, ACC)})
+    row["delta_acc"] = row["retrain_acc"] - row[f"{rival}_acc"]
+    row.update({"retrain_n": metric(pruned, "n"), f"{rival}_n": metric(other, "n")})
+    return row
+
+
+def winner(pruned: float, scratch: float, higher_is_better: bool) -> str | None:
+    """'retrain', 'scratch_total' or 'tie'; None when either side has no run."""
+    if pd.isna(pruned) or pd.isna(scratch):
+        return None
+    if math.isclose(pruned, scratch, rel_tol=0.0, abs_tol=1e-9):
+        return "tie"
+    return "retrain" if (pruned > scratch) == higher_is_better else "scratch_total"
+
+
+def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    """A table with a fixed set of columns (also when empty); seed counts as integers."""
+    df = pd.DataFrame(rows, columns=columns)
+    return df.astype({c: "Int64" for c in columns if c.endswith("_n")})
+
+
+def _parent_columns(parent: pd.Series | None) -> dict:
+    return {"parent_loss": metric(parent, LOSS), "parent_acc": metric(parent, ACC)}
+
+
+def setting1_table(runs: pd.DataFrame, grid: Grid) -> pd.DataFrame:
+    """S_N vs P-R_N at the main budget, one row per method and ratio, with the one-shot pruned loss."""
+    rows, parent = [], _parent_columns(parent_run(runs, grid))
+    for method in grid.methods:
+        for ratio in grid.ratios:
+            rows.append({"method": method, "ratio": ratio, "achieved_ratio": _achieved(runs, method, ratio),
+                         "budget": grid.main, "pruned_loss": metric(_pick(runs, "pruned", method, ratio), LOSS),
+                         **compare(runs, method, ratio, grid.main, "scratch"), **parent})
+    return _frame(rows, SETTING1_COLUMNS)
+
+
+def scaling_table(runs: pd.DataFrame, grid: Grid) -> pd.DataFrame:
+    """The token-scaling curve: S_N vs P-R_N at the scaling ratio, one row per method and budget."""
+    rows = [{"method": m, "ratio": grid.scaling_ratio, "budget": n,
+             **compare(runs, m, grid.scaling_ratio, n, "scratch")} for m in grid.methods for n in grid.scaling]
+    return _frame(rows, SCALING_COLUMNS)
+
+
+def setting2_table(runs: pd.DataFrame, grid: Grid) -> pd.DataFrame:
+    """S_{P+N} vs P-R_N at the main budget and every setting-2 ratio, with the winner by loss and by acc."""
+    rows, parent = [], _parent_columns(parent_run(runs, grid))
+    for method in grid.methods:
+        for ratio in grid.setting2_ratios:
+            row = {"method": method, "ratio": ratio, "achieved_ratio": _achieved(runs, method, ratio),
+                   "budget": grid.main, **compare(runs, method, ratio, grid.main, "scratch_total"), **parent}
+            row["winner_loss"] = winner(row["retrain_loss"], row["scratch_total_loss"], higher_is_better=False)
+            row["winner_acc"] = winner(row["retrain_acc"], row["scratch_total_acc"], higher_is_better=True)
+            rows.append(row)
+    return _frame(rows, SETTING2_COLUMNS)
+
+
+def note_outside_grid(runs: pd.DataFrame, grid: Grid) -> None:
+    """Log runs whose method or ratio the config does not list (stale files from an older grid)."""
+    child = runs[runs.arm != "parent"]
+    outside = child[~child.method.isin(grid.methods) | ~child.ratio.isin(grid.ratios)]
+    if len(outside):
+        log.info("%d run(s) outside the config grid are in summary.csv but not in the tables", len(outside))
+
+
+# ---------------------------------------------------------------- markdown
+
+def _num(x, spec: str) -> str:
+    return MISSING if x is None or pd.isna(x) else format(x, spec)
+
+
+def _pct(fraction, spec: str = ".1f") -> str:
+    return MISSING if fraction is None or pd.isna(fraction) else format(100 * fraction, spec)
+
+
+def _header(title: str, grid: Grid, parent: pd.Series | None, what: str) -> list[str]:
+    if parent is None:
+        ref = "Parent P: no evaluation found."
+    else:
+        acc = _pct(parent[ACC])
+        ref = (f"Parent P ({format_tokens(int(parent.train_tokens))} tokens): val loss {_num(parent[LOSS], '.3f')}, "
+               f"avg acc {acc}{'' if acc == MISSING else '%'}.")
+    notes = (f"Study `{grid.study}`. {what} Δ loss = S − P-R and Δ acc = P-R − S (percentage points): "
+             f"positive means pruning wins. Acc = lm-eval average (%). A {MISSING} marks a grid point without a run. "
+             "Runs with several seeds are averaged (seed counts in the CSV).")
+    return [f"# {title}", "", notes, "", ref, ""]
+
+
+def _markdown(columns: dict[str, list[str]]) -> str:
+    return pd.DataFrame(columns).to_markdown(index=False, disable_numparse=True)
+
+
+def setting1_markdown(table: pd.DataFrame, scaling: pd.DataFrame, grid: Grid, parent) -> str:
+    pr, s = f"P-R_{format_tokens(grid.main)}", f"S_{format_tokens(grid.main)}"
+    lines = _header("Setting 1: equal training tokens (S_N vs P-R_N)", grid, parent,
+                    f"Main budget N = {format_tokens(grid.main)} tokens; one-shot = pruned, not retrained.")
+    lines.append(_markdown({
+        "method": [figures.display_name(m) for m in table.method], "r": [f"{r:g}" for r in table.ratio],
+        "achieved r": [_num(v, ".3f") for v in table.achieved_ratio],
+        "one-shot loss": [_num(v, ".3f") for v in table.pruned_loss],
+        f"{pr} loss": [_num(v, ".3f") for v in table.retrain_loss],
+        f"{s} loss": [_num(v, ".3f") for v in table.scratch_loss],
+        "Δ loss": [_num(v, "+.3f") for v in table.delta_loss],
+        f"{pr} acc": [_pct(v) for v in table.retrain_acc], f"{s} acc": [_pct(v) for v in table.scratch_acc],
+        "Δ acc (pp)": [_pct(v, "+.1f") for v in table.delta_acc]}))
+    lines += ["", f"## Token scaling at r = {grid.scaling_ratio:g} (validation loss)", ""]
+    rows = {"method": [], "": []} | {format_tokens(n): [] for n in grid.scaling}
+    for method in grid.methods:
+        part = scaling[scaling.method == method].set_index("budget")
+        for name, col, spec in (("P-R_N", "retrain_loss", ".3f"), ("S_N", "scratch_loss", ".3f"),
+                                ("Δ loss", "delta_loss", "+.3f")):
+            rows["method"].append(figures.display_name(method))
+            rows[""].append(name)
+            for n in grid.scaling:
+                rows[format_tokens(n)].append(_num(part.loc[n, col], spec))
+    lines.append(_markdown(rows))
+    return "\n".join(lines) + "\n"
+
+
+def setting2_markdown(table: pd.DataFrame, grid: Grid, parent, labels: dict[str, str]) -> str:
+    pr, s = labels["retrain"], labels["scratch_total"]
+    lines = _header("Setting 2: equal total tokens (S_{P+N} vs P-R_N)", grid, parent,
+                    f"P = {format_tokens(grid.parent_tokens)}, N = {format_tokens(grid.main)}: {pr} is pruned "
+                    f"from P and retrained N tokens, {s} is trained from scratch on P+N tokens "
+                    "(calibration and mask-learning tokens not counted).")
+    if table.empty:
+        return "\n".join(lines + ["No setting-2 ratios are configured."]) + "\n"
+    names = {"retrain": pr, "scratch_total": s, "tie": "tie"}
+    lines.append(_markdown({
+        "method": [figures.display_name(m) for m in table.method], "r": [f"{r:g}" for r in table.ratio],
+        "achieved r": [_num(v, ".3f") for v in table.achieved_ratio],
+        f"{pr} loss": [_num(v, ".3f") for v in table.retrain_loss],
+        f"{s} loss": [_num(v, ".3f") for v in table.scratch_total_loss],
+        "Δ loss": [_num(v, "+.3f") for v in table.delta_loss],
+        "wins (loss)": [names.get(w, MISSING) for w in table.winner_loss],
+        f"{pr} acc": [_pct(v) for v in table.retrain_acc], f"{s} acc": [_pct(v) for v in table.scratch_total_acc],
+        "Δ acc (pp)": [_pct(v, "+.1f") for v in table.delta_acc],
+        "wins (acc)": [names.get(w, MISSING) for w in table.winner_acc]}))
+    return "\n".join(lines) + "\n"
+
+
+def note_missing(name: str, table: pd.DataFrame, columns: list[str]) -> None:
+    """Log every grid point of a table that lacks one of ``columns``."""
+    missing = table[columns].isna().any(axis=1)
+    for row in table[missing].itertuples():
+        log.info("%s: %s r=%g N=%s lacks a run (%s)", name, row.method, row.ratio, format_tokens(int(row.budget)),
+                 ", ".join(c for c in columns if pd.isna(getattr(row, c))))

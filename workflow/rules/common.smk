@@ -16,7 +16,7 @@ try:
 except ConfigError as error:
     raise WorkflowError(f"config: {error}") from None
 
-R = "results"
+R = config["results_dir"].rstrip("/")
 CONFIG = write_resolved_config(config, f"{R}/config.resolved.yaml")
 PY = sys.executable
 PARENT_TOKENS = parse_tokens(config["parent"]["tokens"])

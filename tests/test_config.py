@@ -1,0 +1,76 @@
+"""Config validation: defaults are filled, and every kind of bad value fails with the key and value named."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pvs.config import ConfigError, load_config, load_schema, validate_config
+from pvs.study import Run, runs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_schema_key_has_a_description_and_a_default():
+    def walk(node, path):
+        for key, sub in node.get("properties", {}).items():
+            assert sub.get("description"), f"{path}{key} has no description"
+            assert "default" in sub, f"{path}{key} has no default"
+            walk(sub, f"{path}{key}.")
+    walk(load_schema(), "")
+
+
+def test_shipped_configs_are_valid():
+    for path in [ROOT / "config.yaml", *sorted((ROOT / "configs").glob("*.yaml"))]:
+        cfg = load_config(path)
+        assert cfg["prune"]["methods"] and cfg["parent"]["arch"]["num_hidden_layers"] >= 10, path
+
+
+def test_defaults_are_filled():
+    cfg = validate_config({"train": {"lr": 1e-3}})
+    assert cfg["train"]["lr"] == 1e-3 and cfg["train"]["betas"] == [0.9, 0.95]
+    assert cfg["prune"]["ratios"] == [0.5, 0.6, 0.7, 0.8]
+
+
+@pytest.mark.parametrize("raw, named", [
+    ({"bogus_key": 1}, "'bogus_key' was unexpected"),
+    ({"train": {"lr": "fast"}}, "train.lr = 'fast'"),
+    ({"prune": {"ratios": [0.5, 1.2]}}, "prune.ratios[1] = 1.2"),
+    ({"prune": {"ratios": [0.0]}}, "prune.ratios[0] = 0.0"),
+    ({"prune": {"methods": ["magic"]}}, "prune.methods[0] = 'magic': unknown method"),
+    ({"budgets": {"main": "12 parsecs"}}, "budgets.main = '12 parsecs'"),
+    ({"parent": {"arch": {"num_key_value_heads": 3}}}, "parent.arch.num_key_value_heads = 3"),
+    ({"parent": {"source": "pretrained"}}, "parent.pretrained = None"),
+    ({"data": {"source": "local_text"}}, "data.local_text.paths = []"),
+    ({"budgets": {"scaling_ratio": 0.55}}, "budgets.scaling_ratio = 0.55"),
+])
+def test_bad_values_are_named(raw, named):
+    with pytest.raises(ConfigError) as info:
+        validate_config(raw)
+    assert named in str(info.value)
+
+
+def test_snakemake_rejects_a_bad_config_before_any_job(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"prune": {"ratios": [0.5, 1.5]}}))
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(bad)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "prune.ratios[1] = 1.5" in result.stdout + result.stderr
+
+
+def test_grid_of_the_default_study():
+    cfg = load_config(ROOT / "config.yaml")
+    grid = runs(cfg)
+    methods, ratios = cfg["prune"]["methods"], cfg["prune"]["ratios"]
+    by_arm = {arm: [r for r in grid if r.arm == arm] for arm in ("parent", "pruned", "retrain", "scratch", "scratch_total")}
+    assert len(by_arm["parent"]) == 1 and len(by_arm["pruned"]) == len(methods) * len(ratios)
+    extra_scaling = len(set(cfg["budgets"]["scaling"]) - {cfg["budgets"]["main"]})
+    assert len(by_arm["retrain"]) == len(methods) * (len(ratios) + extra_scaling) == len(by_arm["scratch"])
+    assert len(by_arm["scratch_total"]) == len(methods) * len(cfg["budgets"]["setting2_ratios"])
+    for run in grid:  # paths round-trip, so the evaluate rule can recover a run from its path
+        assert Run.from_model_path(run.model_path) == run
+    assert Run("scratch_total", "sparsegpt", 0.5, 250_000).train_tokens(1_000_000) == 1_250_000

@@ -1,15 +1,20 @@
-"""The method registry: name -> module that implements it, imported lazily (keeps `snakemake -n` fast).
+"""The method registry: name -> where its ``prune`` function lives, imported lazily (keeps `snakemake -n` fast).
 
-Adding a method = one module under ``pvs/prune/`` that defines ``prune(model, calib, ratio, cfg) -> PruneResult``
-plus one line here. ``SPARSE`` methods keep the dense shape and save masks; the others change the shape.
+Adding a method = one module under ``pvs/prune/`` that defines ``prune(model, calib, ratio, options) ->
+PruneResult`` plus one line here. An entry is ``"package.module"`` (its ``prune``) or
+``"package.module:function"`` when one module implements several methods (SparseGPT unstructured and
+N:M). ``SPARSE`` methods keep the dense shape and save masks; the others change the shape.
 """
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
+from typing import Callable
 
 METHODS: dict[str, str] = {
     "minitron_depth": "pvs.prune.depth",
     "sparsegpt": "pvs.prune.sparsegpt",
+    "sparsegpt_nm": "pvs.prune.sparsegpt:prune_nm",
 }
 SPARSE = {"sparsegpt", "sparsegpt_nm"}
 # coarse -> fine, the order of every table and figure
@@ -17,8 +22,19 @@ GRANULARITY_ORDER = ["minitron_depth", "minitron_width", "sheared_llama", "flap"
 METHOD_NAMES = list(METHODS)
 
 
-def get_method(name: str):
-    """The module implementing ``name``; raises KeyError naming the known methods."""
+@dataclass(frozen=True)
+class Method:
+    """A registered method: its name, the module implementing it and its ``prune`` function."""
+    name: str
+    module: object
+    prune: Callable
+    sparse: bool
+
+
+def get_method(name: str) -> Method:
+    """The method ``name`` (``.prune(model, calib, ratio, options)``); raises KeyError naming the known methods."""
     if name not in METHODS:
         raise KeyError(f"unknown pruning method {name!r} (known: {', '.join(METHODS)})")
-    return importlib.import_module(METHODS[name])
+    module_name, _, function = METHODS[name].partition(":")
+    module = importlib.import_module(module_name)
+    return Method(name, module, getattr(module, function or "prune"), name in SPARSE)

@@ -1,0 +1,123 @@
+"""Prune a parent checkpoint with one method at one ratio: the prune stage of the study.
+
+    python -m pvs.prune --method minitron_depth --ratio 0.5 --model results/models/parent \\
+        --data results/data --out results/models/pruned/minitron_depth/r0.5 --config config.yaml
+
+Calibration: ``calib_windows`` windows of ``calib_seq_len`` tokens drawn from DATA/calib.bin by the seed
+(flags override the config; the config's defaults come from the schema). Writes into OUT: a Hugging Face
+checkpoint (safetensors, tokenizer files copied from the parent), ``masks.safetensors`` for sparse
+methods, and ``meta.json`` last (method, target and achieved ratio, parameter counts, shapes,
+calibration, time, device, library versions, method facts). A directory without meta.json is an
+interrupted run.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pvs.config import load_config, validate_config
+from pvs.modeling import MASKS_FILE, count_params, load_model, pick_device, save_model, shape_of
+from pvs.prune.common import achieved_ratio, calibration_windows, copy_tokenizer_files, log, write_meta
+from pvs.prune.registry import METHOD_NAMES, get_method
+from pvs.prune.sparsegpt import resolve_nm
+from pvs.versions import library_versions
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pvs.prune", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 2)[2])
+    parser.add_argument("--method", required=True, choices=METHOD_NAMES, help="pruning method (see pvs.prune.registry)")
+    parser.add_argument("--ratio", required=True, type=float,
+                        help="fraction of non-embedding parameters to remove, in (0, 1); for sparse methods the "
+                             "sparsity of the block linear layers")
+    parser.add_argument("--model", required=True, help="parent HF checkpoint directory")
+    parser.add_argument("--data", required=True, help="prepared data directory holding calib.bin and manifest.json")
+    parser.add_argument("--out", required=True, help="output directory for the pruned child")
+    parser.add_argument("--config", help="study config (YAML); the schema's defaults when omitted")
+    parser.add_argument("--calib-windows", type=int, help="override prune.calib_windows (calibration windows)")
+    parser.add_argument("--calib-seq-len", type=int, help="override prune.calib_seq_len (tokens per window)")
+    parser.add_argument("--seed", type=int, help="override the config's seed (picks the calibration windows)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the config's device")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: threads_per_job)")
+    args = parser.parse_args(argv)
+    if not 0 < args.ratio < 1:
+        parser.error(f"--ratio {args.ratio!r}: a pruning ratio must lie in (0, 1)")
+    for flag in ("calib_windows", "calib_seq_len"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)!r}: must be at least 1")
+    return args
+
+
+def resolve_options(args: argparse.Namespace, cfg: dict) -> dict:
+    """The config's prune section with the flags applied, plus seed, device and the N:M pattern."""
+    options = dict(cfg["prune"])
+    options["calib_windows"] = args.calib_windows or options["calib_windows"]
+    options["calib_seq_len"] = args.calib_seq_len or options["calib_seq_len"]
+    options["seed"] = cfg["seed"] if args.seed is None else args.seed
+    options["device"] = args.device or cfg["device"]
+    if args.method == "sparsegpt_nm":
+        options["nm"] = resolve_nm(options["nm_patterns"], args.ratio)
+    return options
+
+
+def run(args: argparse.Namespace, cfg: dict, options: dict) -> dict:
+    """Prune, save the child and return the meta.json contents."""
+    torch.set_num_threads(args.threads or cfg["threads_per_job"])
+    torch.manual_seed(options["seed"])
+    device = pick_device(options["device"])
+    options = {**options, "device": str(device)}
+    out = Path(args.out)
+    method = get_method(args.method)
+    for stale in ("meta.json", MASKS_FILE):  # a leftover meta.json would hide an interrupted run
+        (out / stale).unlink(missing_ok=True)
+    calib = calibration_windows(args.data, options["calib_windows"], options["calib_seq_len"], options["seed"])
+    log(f"{args.method} r={args.ratio} on {args.model}: {len(calib)} x {calib.shape[1]} calibration tokens, "
+        f"device {device}, {torch.get_num_threads()} threads")
+    model = load_model(args.model, device)
+    parent_params, parent_shape = count_params(model), shape_of(model.config)
+    start = time.time()
+    result = method.prune(model, calib, args.ratio, options)
+    seconds = time.time() - start
+    child = result.model.cpu()
+    child_params = count_params(child, result.masks)
+    save_model(child, out, masks=result.masks)
+    copy_tokenizer_files(args.model, out)
+    meta = {
+        "method": args.method, "target_ratio": args.ratio,
+        "achieved_ratio": achieved_ratio(parent_params, child_params),
+        "params": {"parent": parent_params, "child": child_params},
+        "shape": {"parent": parent_shape, "child": shape_of(child.config)},
+        "sparse": method.sparse,
+        "calibration": {"split": "calib", "windows": len(calib), "seq_len": int(calib.shape[1]),
+                        "seed": options["seed"], "tokens": int(calib.numel())},
+        "mask_learning_tokens": 0,
+        "seconds": seconds, "device": str(device), "threads": torch.get_num_threads(),
+        "parent": str(args.model), "data": str(args.data), "study": cfg["study"],
+        "versions": library_versions(),
+        "info": result.info,
+    }
+    write_meta(out, meta)
+    log(f"done in {seconds:.1f}s: achieved ratio {meta['achieved_ratio']:.4f} (target {args.ratio}), "
+        f"non-embedding params {parent_params['non_embedding']} -> {child_params['non_embedding']}")
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = load_config(args.config) if args.config else validate_config({})
+    try:
+        options = resolve_options(args, cfg)
+    except ValueError as e:
+        print(f"python -m pvs.prune: error: {e}", file=sys.stderr)
+        return 2
+    run(args, cfg, options)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

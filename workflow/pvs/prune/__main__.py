@@ -95,7 +95,7 @@ def run(args: argparse.Namespace, cfg: dict, options: dict) -> dict:
         "sparse": method.sparse,
         "calibration": {"split": "calib", "windows": len(calib), "seq_len": int(calib.shape[1]),
                         "seed": options["seed"], "tokens": int(calib.numel())},
-        "mask_learning_tokens": 0,
+        "mask_learning_tokens": int(result.info.get("mask_learning_tokens", 0)),
         "seconds": seconds, "device": str(device), "threads": torch.get_num_threads(),
         "parent": str(args.model), "data": str(args.data), "study": cfg["study"],
         "versions": library_versions(),

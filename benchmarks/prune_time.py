@@ -1,0 +1,83 @@
+"""Seconds to prune the default parent with every registered method at every ratio (issue target: <= 60 s
+per method and ratio on a 2-core CPU, Sheared-LLaMA excepted: its mask-learning budget is configured).
+
+    .venv/bin/python benchmarks/prune_time.py                         # random-init parent of config.yaml's shape
+    .venv/bin/python benchmarks/prune_time.py --model results/models/parent --data results/data
+
+Times ``method.prune(...)`` (calibration windows already loaded, model in memory) on one thread and
+writes ``benchmarks/results/prune_time.json`` with seconds, achieved ratio and peak RSS per run.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "workflow"))
+
+from pvs.config import load_config  # noqa: E402
+from pvs.modeling import count_params, llama_config, load_model, new_model  # noqa: E402
+from pvs.prune.__main__ import resolve_options  # noqa: E402
+from pvs.prune.common import achieved_ratio, calibration_windows  # noqa: E402
+from pvs.prune.registry import METHOD_NAMES, get_method  # noqa: E402
+from pvs.versions import library_versions  # noqa: E402
+
+
+def parent_model(args, cfg):
+    if args.model:
+        return load_model(args.model)
+    vocab = cfg["data"]["vocab_size"]
+    return new_model(llama_config(cfg["parent"]["arch"], vocab, 0, 0), cfg["train"]["init_std"], cfg["seed"])
+
+
+def calibration(args, cfg, vocab: int) -> torch.Tensor:
+    n, t = cfg["prune"]["calib_windows"], cfg["prune"]["calib_seq_len"]
+    if args.data:
+        return calibration_windows(args.data, n, t, cfg["seed"])
+    return torch.randint(0, vocab, (n, t), generator=torch.Generator().manual_seed(cfg["seed"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="config.yaml", help="study config giving the parent shape and prune options")
+    parser.add_argument("--model", help="a parent checkpoint (default: random init of the config's shape)")
+    parser.add_argument("--data", help="prepared data dir for real calibration windows (default: random tokens)")
+    parser.add_argument("--methods", nargs="+", default=METHOD_NAMES, help="methods to time")
+    parser.add_argument("--ratios", nargs="+", type=float, help="ratios to time (default: the config's)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    cfg = load_config(ROOT / args.config)
+    parent = parent_model(args, cfg).eval()
+    calib = calibration(args, cfg, parent.config.vocab_size)
+    parent_params = count_params(parent)
+    rows = []
+    for method in args.methods:
+        for ratio in args.ratios or cfg["prune"]["ratios"]:
+            options = resolve_options(argparse.Namespace(calib_windows=None, calib_seq_len=None, seed=None,
+                                                         device="cpu", method=method, ratio=ratio), cfg)
+            model = copy.deepcopy(parent)
+            start = time.time()
+            result = get_method(method).prune(model, calib, ratio, options)
+            seconds = time.time() - start
+            child = count_params(result.model, result.masks)
+            rows.append({"method": method, "ratio": ratio, "seconds": round(seconds, 2),
+                         "achieved_ratio": round(achieved_ratio(parent_params, child), 4),
+                         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)})
+            print(json.dumps(rows[-1]), flush=True)
+    out = ROOT / "benchmarks" / "results" / "prune_time.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"config": args.config, "model": args.model or "random init", "threads": 1,
+                               "calibration": [len(calib), calib.shape[1]], "runs": rows,
+                               "versions": library_versions()}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

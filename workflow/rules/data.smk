@@ -33,12 +33,16 @@ rule eval_tasks:
     params:
         evaluate=config["evaluate"],
         seed=config["seed"],
-        blimp=" ".join(config["evaluate"]["blimp_subtasks"]),
+        blimp=(
+            f"--blimp-dir {config['evaluate']['blimp_dir']} --blimp-limit {config['evaluate']['blimp_limit'] or 'all'}"
+            f" --blimp-subtasks {' '.join(config['evaluate']['blimp_subtasks'])}"
+            if config["evaluate"]["blimp_dir"]
+            else ""
+        ),
     log:
         f"{R}/logs/data/eval_tasks.log",
     benchmark:
         f"{R}/benchmarks/data/eval_tasks.tsv"
     shell:
         f"{PY} -m pvs.evaltasks --data {R}/data --out {{output}} --examples {config['evaluate']['local_task_examples']}"
-        f" --seed {config['seed']} --blimp-dir {config['evaluate']['blimp_dir']}"
-        f" --blimp-limit {config['evaluate']['blimp_limit'] or 0} --blimp-subtasks {{params.blimp}} > {{log}} 2>&1"
+        f" --seed {config['seed']} {{params.blimp}} > {{log}} 2>&1"

@@ -46,6 +46,10 @@ def test_defaults_are_filled():
     ({"parent": {"source": "pretrained"}}, "parent.pretrained = None"),
     ({"data": {"source": "local_text"}}, "data.local_text.paths = []"),
     ({"budgets": {"scaling_ratio": 0.55}}, "budgets.scaling_ratio = 0.55"),
+    ({"prune": {"methods": ["sparsegpt_nm"], "ratios": [0.5, 0.65]}}, "prune.ratios[1] = 0.65: sparsegpt_nm needs"),
+    ({"prune": {"methods": ["flap"], "ratios": [0.95]}}, "prune.methods 'flap' at ratio 0.95"),
+    ({"prune": {"minitron_aggregation": "max"}}, "prune.minitron_aggregation = 'max'"),
+    ({"prune": {"sheared_mask_tokens": 0}}, "prune.sheared_mask_tokens = 0"),
 ])
 def test_bad_values_are_named(raw, named):
     with pytest.raises(ConfigError) as info:

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM
 
 from pvs.modeling import MASKS_FILE, count_params, load_masks, load_model, save_model, shape_of
@@ -15,6 +16,7 @@ from pvs.prune import __main__ as cli
 from pvs.prune import depth, sparsegpt
 from pvs.prune.common import calibration_windows, capture_layer_inputs, lm_loss, run_layer
 from pvs.prune.registry import get_method
+from pvs.prune.shapes import solve_shape
 from pvs.tokens import load_split, spread_windows
 
 OPTIONS = {"sparsegpt_blocksize": 32, "sparsegpt_dampening": 0.01, "seed": 0, "device": "cpu",
@@ -195,26 +197,46 @@ def test_obs_prune_handles_dead_inputs_and_reduces_error():
 
 # ---------------------------------------------------------------- CLI
 @pytest.mark.parametrize("method,ratio", [("minitron_depth", 0.5), ("minitron_depth", 0.8), ("sparsegpt", 0.7),
-                                          ("sparsegpt_nm", 0.5)])
+                                          ("sparsegpt_nm", 0.5), ("minitron_width", 0.6), ("flap", 0.7),
+                                          ("sheared_llama", 0.5)])
 def test_cli_end_to_end(tiny_trained_model, byte_splits, tmp_path, method, ratio):
-    out = tmp_path / "child"
+    out, config = tmp_path / "child", tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump({"prune": {"sheared_mask_tokens": 2048, "sheared_batch_size": 2}}))
     assert cli.main(["--method", method, "--ratio", str(ratio), "--model", str(tiny_trained_model),
-                     "--data", str(byte_splits), "--out", str(out), "--calib-windows", "4",
+                     "--data", str(byte_splits), "--out", str(out), "--calib-windows", "4", "--config", str(config),
                      "--calib-seq-len", "64", "--seed", "3", "--device", "cpu", "--threads", "1"]) == 0
     meta = json.loads((out / "meta.json").read_text())
     child = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     masks = load_masks(out)
-    assert (masks is not None) == (method != "minitron_depth") == meta["sparse"]
+    assert (masks is not None) == method.startswith("sparsegpt") == meta["sparse"]
     assert meta["method"] == method and meta["target_ratio"] == ratio
     assert abs(meta["achieved_ratio"] - ratio) <= 0.03
     if method == "minitron_depth":
         assert meta["achieved_ratio"] == pytest.approx(ratio, abs=1e-12)
         assert meta["info"]["removed_end"] - meta["info"]["removed_start"] == round(ratio * 10)
+    if not meta["sparse"]:
+        assert shape_of(child.config) == {**solve_shape(method, ratio, load_model(tiny_trained_model).config),
+                                          "vocab_size": 512}
     assert meta["params"]["child"] == count_params(child, masks)
     assert meta["shape"]["child"] == shape_of(child.config)
-    assert meta["calibration"] == {"split": "calib", "windows": 4, "seq_len": 64, "seed": 3, "tokens": 256}
-    assert meta["mask_learning_tokens"] == 0 and meta["versions"]["torch"] == torch.__version__
+    # Sheared-LLaMA draws enough distinct windows for its mask-learning budget (2048 / 64 = 32)
+    windows = 32 if method == "sheared_llama" else 4
+    assert meta["calibration"] == {"split": "calib", "windows": windows, "seq_len": 64, "seed": 3,
+                                   "tokens": windows * 64}
+    assert meta["mask_learning_tokens"] == (2048 if method == "sheared_llama" else 0)
+    assert meta["versions"]["torch"] == torch.__version__
     assert (out / "tokenizer.json").exists()
+
+
+def test_schema_mirrors_every_method_option():
+    """Each method's OPTIONS (key -> default) is a documented prune key of the config schema, same default."""
+    from pvs.config import load_schema
+    from pvs.prune import flap, sheared, width
+    properties = load_schema()["properties"]["prune"]["properties"]
+    for module in (width, flap, sheared):
+        for key, (default, _) in module.OPTIONS.items():
+            assert key in properties and properties[key]["description"], key
+            assert properties[key]["default"] == default, key
 
 
 @pytest.mark.parametrize("argv,needle", [(["--method", "nope", "--ratio", "0.5"], "nope"),
@@ -235,3 +257,17 @@ def test_nm_ratio_without_pattern_and_unknown_method_are_named(tiny_trained_mode
         get_method("nope")
     with pytest.raises(ValueError, match="3:3"):
         sparsegpt.parse_nm("3:3")
+
+
+def test_method_options_isolate_each_methods_rerun_trigger():
+    from pvs.config import validate_config
+    from pvs.prune.registry import METHOD_NAMES, method_options
+    base = validate_config({})["prune"]
+    tuned = validate_config({"prune": {"methods": list(METHOD_NAMES), "sheared_mask_tokens": 5,
+                                       "minitron_aggregation": "mean_l2"}})["prune"]
+    for method in ("minitron_depth", "flap", "sparsegpt", "sparsegpt_nm"):
+        assert method_options(method, tuned) == method_options(method, base), method
+    assert method_options("sheared_llama", tuned)["sheared_mask_tokens"] == 5
+    assert method_options("minitron_width", tuned) != method_options("minitron_width", base)
+    assert "nm_patterns" in method_options("sparsegpt_nm", base) and "nm_patterns" not in method_options("sparsegpt", base)
+    assert method_options("minitron_depth", base) == {"calib_windows": 32, "calib_seq_len": 256}

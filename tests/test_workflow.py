@@ -4,6 +4,7 @@ Runs once per test session in a temporary working directory (about 3-5 minutes o
 """
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
+from pvs.prune.registry import GRANULARITY_ORDER, display_name
 
 ROOT = Path(__file__).resolve().parents[1]
 BLIMP = ROOT.parent / "shared" / "data" / "blimp"
@@ -29,11 +32,12 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M) if m.group(1) != "total"}
 
 
-def smoke_config(path: Path, **budgets) -> Path:
+def smoke_config(path: Path, prune: dict | None = None, **budgets) -> Path:
     cfg = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
     cfg["results_dir"] = "results"
     cfg["evaluate"]["blimp_dir"] = str(BLIMP) if BLIMP.is_dir() else None
     cfg["budgets"].update(budgets)
+    cfg["prune"].update(prune or {})
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -68,7 +72,7 @@ def test_smoke_study_writes_tables_and_figures(smoke_run):
         assert retrained.val_loss.item() < pruned.val_loss.item()
     for table in ("setting1.md", "setting2.md"):
         text = (results / "tables" / table).read_text()
-        assert all(m in text for m in methods), table
+        assert all(display_name(m) in text for m in methods), table
     for figure in ("loss_vs_tokens.png", "setting2.png"):
         assert (results / "figures" / figure).stat().st_size > 10_000
     assert (results / "logs" / "train" / "parent.log").exists()
@@ -90,3 +94,27 @@ def test_changing_one_budget_reruns_only_its_dependents(smoke_run, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     n_methods = len(cfg["prune"]["methods"])
     assert job_counts(result.stdout) == {"train_child": 2 * n_methods, "evaluate": 2 * n_methods, "report": 1, "all": 1}
+
+
+def test_all_six_methods_run_through_the_dag(smoke_run):
+    """Every registered method at r = 0.5 (main budget, setting 2), reusing the smoke study's data and parent."""
+    workdir, _ = smoke_run
+    config = smoke_config(workdir / "six.yaml", prune={"methods": list(GRANULARITY_ORDER), "ratios": [0.5]},
+                          scaling=["20k"], setting2_ratios=[0.5])
+    dry = snakemake(workdir, config, "-n")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    new = len(set(GRANULARITY_ORDER) - set(yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())["prune"]["methods"]))
+    assert job_counts(dry.stdout) == {"prune": new, "train_child": 3 * new, "evaluate": 4 * new, "report": 1, "all": 1}
+    result = snakemake(workdir, config)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    summary = pd.read_csv(workdir / "results" / "summary.csv")
+    summary = summary[summary.ratio == 0.5]
+    for method in GRANULARITY_ORDER:
+        rows = summary[summary.method == method].set_index("arm")
+        assert set(rows.index) == {"pruned", "retrain", "scratch", "scratch_total"}, method
+        assert abs(rows.loc["pruned", "achieved_ratio"] - 0.5) <= 0.03, method
+        assert rows.loc["retrain", "val_loss"] < rows.loc["pruned", "val_loss"], method
+    meta = json.loads((workdir / "results" / "models" / "pruned" / "sheared_llama" / "r0.5" / "meta.json").read_text())
+    assert meta["mask_learning_tokens"] > 0
+    text = (workdir / "results" / "tables" / "setting2.md").read_text()
+    assert all(display_name(m) in text for m in GRANULARITY_ORDER)

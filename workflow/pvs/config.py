@@ -18,6 +18,7 @@ import jsonschema
 import yaml
 
 from pvs.budget import parse_tokens
+from pvs.prune import shapes
 from pvs.prune.registry import METHOD_NAMES
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
@@ -93,7 +94,14 @@ def _semantic_errors(cfg: dict) -> list[str]:
         n, m = (int(x) for x in pattern.split(":"))
         if not 0 < n < m:
             errors.append(f"prune.nm_patterns.{key} = {pattern!r}: need 0 < N < M")
+    if "sparsegpt_nm" in cfg["prune"]["methods"]:
+        for i, ratio in enumerate(cfg["prune"]["ratios"]):
+            if not any(float(k) == float(ratio) for k in cfg["prune"]["nm_patterns"]):
+                errors.append(f"prune.ratios[{i}] = {ratio!r}: sparsegpt_nm needs an N:M pattern for it "
+                              f"in prune.nm_patterns")
     arch = cfg["parent"]["arch"]
+    if cfg["parent"]["source"] == "train" and not arch["num_attention_heads"] % arch["num_key_value_heads"]:
+        errors += _shape_errors(cfg["prune"]["methods"], cfg["prune"]["ratios"], arch)
     if arch["num_attention_heads"] % arch["num_key_value_heads"]:
         errors.append(f"parent.arch.num_key_value_heads = {arch['num_key_value_heads']!r}: "
                       f"must divide num_attention_heads = {arch['num_attention_heads']}")
@@ -107,6 +115,18 @@ def _semantic_errors(cfg: dict) -> list[str]:
     splits = cfg["data"]["splits"]
     if splits["val"] + splits["calib"] + splits["retrain"] >= 0.95:
         errors.append(f"data.splits = {splits!r}: val + calib + retrain must leave room for the parent's split")
+    return errors
+
+
+def _shape_errors(methods: list[str], ratios: list[float], arch: dict) -> list[str]:
+    """Every structured method must reach every ratio on the configured parent (the shape solver's rule)."""
+    errors = []
+    for method in (m for m in methods if m in shapes.STRUCTURED):
+        for ratio in (r for r in ratios if 0 < r < 1):
+            try:
+                shapes.solve(method, ratio, arch)
+            except ValueError as e:
+                errors.append(f"prune.methods {method!r} at ratio {ratio!r} on parent.arch: {e}")
     return errors
 
 

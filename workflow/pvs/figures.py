@@ -26,16 +26,13 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from pvs.budget import format_tokens  # noqa: E402
-from pvs.prune.registry import GRANULARITY_ORDER  # noqa: E402
+from pvs.prune.registry import GRANULARITY_ORDER, display_name  # noqa: E402
 
 log = logging.getLogger("pvs.figures")
 
 COLUMN_WIDTH_IN = 3.5  # one column of a two-column paper
 STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7,
          "ytick.labelsize": 7, "legend.fontsize": 7, "axes.spines.top": False, "axes.spines.right": False}
-DISPLAY_NAMES = {"minitron_depth": "Minitron-Depth", "minitron_width": "Minitron-Width",
-                 "sheared_llama": "Sheared-LLaMA", "flap": "FLAP", "sparsegpt_nm": "SparseGPT N:M",
-                 "sparsegpt": "SparseGPT"}
 _PALETTE = plt.get_cmap("tab10").colors
 # the colour of a method is its position in GRANULARITY_ORDER: the same in every figure and study
 METHOD_COLORS = {m: _PALETTE[i % len(_PALETTE)] for i, m in enumerate(GRANULARITY_ORDER)}
@@ -46,11 +43,6 @@ def method_color(method: str):
     if method in METHOD_COLORS:
         return METHOD_COLORS[method]
     return _PALETTE[(len(GRANULARITY_ORDER) + sum(map(ord, method))) % len(_PALETTE)]
-
-
-def display_name(method: str) -> str:
-    """The paper's spelling of a method (registry name when unknown)."""
-    return DISPLAY_NAMES.get(method, method)
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int) -> None:

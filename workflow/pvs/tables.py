@@ -17,9 +17,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from pvs import figures
 from pvs.budget import format_tokens, parse_tokens
-from pvs.prune.registry import GRANULARITY_ORDER
+from pvs.prune.registry import GRANULARITY_ORDER, display_name
 
 log = logging.getLogger("pvs.tables")
 
@@ -222,7 +221,7 @@ def setting1_markdown(table: pd.DataFrame, scaling: pd.DataFrame, grid: Grid, pa
     lines = _header("Setting 1: equal training tokens (S_N vs P-R_N)", grid, parent,
                     f"Main budget N = {format_tokens(grid.main)} tokens; one-shot = pruned, not retrained.")
     lines.append(_markdown({
-        "method": [figures.display_name(m) for m in table.method], "r": [f"{r:g}" for r in table.ratio],
+        "method": [display_name(m) for m in table.method], "r": [f"{r:g}" for r in table.ratio],
         "achieved r": [_num(v, ".3f") for v in table.achieved_ratio],
         "one-shot loss": [_num(v, ".3f") for v in table.pruned_loss],
         f"{pr} loss": [_num(v, ".3f") for v in table.retrain_loss],
@@ -236,7 +235,7 @@ def setting1_markdown(table: pd.DataFrame, scaling: pd.DataFrame, grid: Grid, pa
         part = scaling[scaling.method == method].set_index("budget")
         for name, col, spec in (("P-R_N", "retrain_loss", ".3f"), ("S_N", "scratch_loss", ".3f"),
                                 ("Δ loss", "delta_loss", "+.3f")):
-            rows["method"].append(figures.display_name(method))
+            rows["method"].append(display_name(method))
             rows[""].append(name)
             for n in grid.scaling:
                 rows[format_tokens(n)].append(_num(part.loc[n, col], spec))
@@ -254,7 +253,7 @@ def setting2_markdown(table: pd.DataFrame, grid: Grid, parent, labels: dict[str,
         return "\n".join(lines + ["No setting-2 ratios are configured."]) + "\n"
     names = {"retrain": pr, "scratch_total": s, "tie": "tie"}
     lines.append(_markdown({
-        "method": [figures.display_name(m) for m in table.method], "r": [f"{r:g}" for r in table.ratio],
+        "method": [display_name(m) for m in table.method], "r": [f"{r:g}" for r in table.ratio],
         "achieved r": [_num(v, ".3f") for v in table.achieved_ratio],
         f"{pr} loss": [_num(v, ".3f") for v in table.retrain_loss],
         f"{s} loss": [_num(v, ".3f") for v in table.scratch_total_loss],

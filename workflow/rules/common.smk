@@ -8,6 +8,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 from pvs.config import ConfigError, validate_config, write_resolved_config
+from pvs.prune.registry import method_options
 from pvs.study import TRAINED_ARMS, Run, canonical_budget, runs
 from pvs.budget import format_tokens, parse_tokens
 

@@ -9,7 +9,7 @@ rule prune:
     output:
         directory(f"{R}/models/pruned/{{method}}/r{{ratio}}"),
     params:
-        prune=config["prune"],
+        options=lambda wildcards: method_options(wildcards.method, config["prune"]),
         seed=config["seed"],
     log:
         f"{R}/logs/prune/{{method}}/r{{ratio}}.log",

@@ -4,7 +4,8 @@
         --data results/data --out results/models/pruned/minitron_depth/r0.5 --config config.yaml
 
 Calibration: ``calib_windows`` windows of ``calib_seq_len`` tokens drawn from DATA/calib.bin by the seed
-(flags override the config; the config's defaults come from the schema). Writes into OUT: a Hugging Face
+(flags override the config; the config's defaults come from the schema). Sheared-LLaMA instead takes
+enough distinct windows for ``sheared_mask_tokens`` (at most the whole split) and cycles them. Writes into OUT: a Hugging Face
 checkpoint (safetensors, tokenizer files copied from the parent), ``masks.safetensors`` for sparse
 methods, and ``meta.json`` last (method, target and achieved ratio, parameter counts, shapes,
 calibration, time, device, library versions, method facts). A directory without meta.json is an
@@ -75,7 +76,10 @@ def run(args: argparse.Namespace, cfg: dict, options: dict) -> dict:
     method = get_method(args.method)
     for stale in ("meta.json", MASKS_FILE):  # a leftover meta.json would hide an interrupted run
         (out / stale).unlink(missing_ok=True)
-    calib = calibration_windows(args.data, options["calib_windows"], options["calib_seq_len"], options["seed"])
+    # mask-learning methods (Sheared-LLaMA) ask for more distinct windows than the one-shot methods
+    wanted = getattr(method.module, "calibration_windows_wanted", None)
+    calib = calibration_windows(args.data, wanted(options) if wanted else options["calib_windows"],
+                                options["calib_seq_len"], options["seed"], at_most=wanted is not None)
     log(f"{args.method} r={args.ratio} on {args.model}: {len(calib)} x {calib.shape[1]} calibration tokens, "
         f"device {device}, {torch.get_num_threads()} threads")
     model = load_model(args.model, device)

@@ -55,15 +55,19 @@ def log(message: str) -> None:
     tqdm.write(f"[prune] {message}", file=sys.stderr)
 
 
-def calibration_windows(data_dir: str | os.PathLike, windows: int, seq_len: int, seed: int) -> torch.Tensor:
+def calibration_windows(data_dir: str | os.PathLike, windows: int, seq_len: int, seed: int,
+                        at_most: bool = False) -> torch.Tensor:
     """``windows`` distinct non-overlapping windows of ``seq_len`` tokens from the calib split (int64).
 
     Window slots are drawn without replacement by ``numpy.random.default_rng(seed)`` and kept in file
-    order. Raises ValueError naming the numbers when the split is too short.
+    order. Raises ValueError naming the numbers when the split is too short, unless ``at_most``: then
+    every window the split holds is taken.
     """
     tokens = load_split(data_dir, CALIB_SPLIT)
     available = len(tokens) // seq_len
-    if windows > available:
+    if at_most:
+        windows = min(windows, available)
+    if windows > available or windows < 1:
         raise ValueError(f"calibration needs {windows} windows of {seq_len} tokens, but the {CALIB_SPLIT} split "
                          f"({len(tokens)} tokens) holds only {available}; lower calib_windows or calib_seq_len")
     slots = np.sort(np.random.default_rng(seed).choice(available, size=windows, replace=False))

@@ -1,0 +1,204 @@
+"""Sheared-LLaMA targeted structured pruning (Xia, Gao, Zeng & Chen, arXiv 2310.06694), on a stock HF Llama.
+
+1. Target: ``solve_shape("sheared_llama", ratio, parent_shape)`` gives the child architecture (uniform
+   across layers; head_dim kept).
+2. Mask learning: hard-concrete masks over hidden channels, MLP neurons, KV groups / query heads (and
+   optionally layers; see :mod:`pvs.prune.sheared_masks`) are applied by forward hooks and learned
+   *jointly with the weights* on the LM loss plus the Lagrangian terms, which push each structure's
+   expected size to the target (the multipliers are maximized). One AdamW with three groups, as the
+   authors': weights (``sheared_lr``), log-alphas (``sheared_mask_lr``), lambdas (``sheared_lambda_lr``,
+   ascent); no weight decay; 10 % linear warm-up then cosine to 10 % on every group; gradient clipping 1.0
+   on the weights; the Lagrangian target ramps from the parent's size to the target over the first
+   ``sheared_lagrangian_warmup`` of the steps. The tokens are windows of the calibration tensor, cycled
+   in seeded random order when the budget ``sheared_mask_tokens`` exceeds it (recorded in the info).
+3. Binarize and cut: per row keep exactly the target count (top-k by the deterministic gate value),
+   fold the kept gate values into the weights and slice a stock Llama of exactly the target shape
+   (:mod:`pvs.prune.sheared_cut`).
+
+``prune_random`` cuts the same target shape with seeded random units and no training (the baseline).
+"""
+from __future__ import annotations
+
+import math
+import sys
+
+import torch
+from tqdm import tqdm
+
+from pvs.prune.common import PruneResult, lm_loss, log, model_device
+from pvs.prune.shapes import parent_shape, solve_shape
+from pvs.prune.sheared_cut import cut_model, fold_masks_, plan_from_masks, random_plan
+from pvs.prune.sheared_masks import ShearingMasks, masked
+
+# option key -> (default, description); the config schema's ``prune`` section mirrors these
+OPTIONS = {
+    "sheared_mask_tokens": (200_000, "Tokens consumed by Sheared-LLaMA mask learning (calibration windows, cycled)."),
+    "sheared_seq_len": (None, "Tokens per mask-learning window (null: calib_seq_len; must not exceed it)."),
+    "sheared_batch_size": (4, "Windows per Sheared-LLaMA mask-learning step."),
+    "sheared_lr": (3e-4, "Peak learning rate of the model weights during mask learning."),
+    "sheared_mask_lr": (1.0, "Peak learning rate of the masks' log-alpha (the authors' 1.0)."),
+    "sheared_lambda_lr": (1.0, "Peak learning rate (gradient ascent) of the Lagrange multipliers (the authors' 1.0)."),
+    "sheared_lagrangian_warmup": (0.2, "Fraction of mask-learning steps over which the target size ramps in."),
+    "sheared_prune_layers": (False, "Also learn layer masks (always on when the target has fewer layers)."),
+}
+LR_WARMUP = 0.1  # fraction of steps of linear LR warm-up (authors' recipe)
+MIN_LR_RATIO = 0.1  # cosine decays to this fraction of the peak
+GRAD_CLIP = 1.0
+BETAS, ADAM_EPS = (0.9, 0.95), 1e-8
+HISTORY_POINTS = 40  # snapshots kept in info["history"]
+REUSE_WARNING = 4  # log a warning when the budget cycles the calibration tokens more often than this
+
+
+def option(options: dict, key: str):
+    return options.get(key, OPTIONS[key][0])
+
+
+def target_shape(ratio: float, config) -> dict:
+    """The child shape the shape solver assigns Sheared-LLaMA at this ratio."""
+    return solve_shape("sheared_llama", ratio, config)
+
+
+# -------------------------------------------------------------------- tokens
+def calibration_windows_wanted(options: dict) -> int:
+    """Distinct calibration windows that cover ``sheared_mask_tokens`` (the prune CLI caps it at the split)."""
+    return max(options["calib_windows"], math.ceil(option(options, "sheared_mask_tokens") / options["calib_seq_len"]))
+
+
+def mask_windows(calib: torch.Tensor, seq_len: int | None) -> torch.Tensor:
+    """The calibration windows cut into windows of ``seq_len`` (never across two calibration windows)."""
+    width = calib.shape[1]
+    seq_len = seq_len or width
+    if not 2 <= seq_len <= width:
+        raise ValueError(f"sheared_seq_len {seq_len} must lie in 2..calib_seq_len ({width})")
+    per_row = width // seq_len
+    return calib[:, :per_row * seq_len].reshape(-1, seq_len)
+
+
+def batches(windows: torch.Tensor, batch_size: int, steps: int, seed: int):
+    """``steps`` batches of ``batch_size`` windows: seeded random order, a new permutation per pass."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.empty(0, dtype=torch.long)
+    for _ in range(steps):
+        while len(order) < batch_size:
+            order = torch.cat([order, torch.randperm(len(windows), generator=generator)])
+        yield windows[order[:batch_size]]
+        order = order[batch_size:]
+
+
+def lr_factor(step: int, steps: int) -> float:
+    """Linear warm-up over LR_WARMUP of the steps, then cosine to MIN_LR_RATIO."""
+    warmup = max(1, round(LR_WARMUP * steps))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# -------------------------------------------------------------------- mask learning
+def build_optimizer(model: torch.nn.Module, masks: ShearingMasks, options: dict) -> torch.optim.AdamW:
+    groups = [
+        {"params": [p for p in model.parameters() if p.requires_grad], "lr": option(options, "sheared_lr")},
+        {"params": list(masks.masks.parameters()), "lr": option(options, "sheared_mask_lr")},
+        {"params": list(masks.lambdas.parameters()), "lr": option(options, "sheared_lambda_lr"), "maximize": True},
+    ]
+    for group in groups:
+        group["peak_lr"] = group["lr"]
+    return torch.optim.AdamW(groups, betas=BETAS, eps=ADAM_EPS, weight_decay=0.0)
+
+
+def snapshot(step: int, lm: float, lag: float, masks: ShearingMasks) -> dict:
+    return {"step": step, "lm_loss": lm, "lagrangian": lag, "gap": masks.final_gap(),
+            "expected": masks.expected_sizes(),
+            "lambdas": {k: v.item() for k, v in masks.lambdas.items()}}
+
+
+def learn_masks(model: torch.nn.Module, masks: ShearingMasks, windows: torch.Tensor, options: dict) -> dict:
+    """Train weights, masks and multipliers jointly; returns token counts and the history of the gap."""
+    batch_size, seq_len = option(options, "sheared_batch_size"), windows.shape[1]
+    steps = max(1, option(options, "sheared_mask_tokens") // (batch_size * seq_len))
+    warmup = option(options, "sheared_lagrangian_warmup")
+    seed, device = options.get("seed", 0), model_device(model)
+    optimizer = build_optimizer(model, masks, options)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    every = max(1, steps // HISTORY_POINTS)
+    history = [snapshot(0, float("nan"), 0.0, masks)]
+    model.train()
+    bar = tqdm(enumerate(batches(windows, batch_size, steps, seed)), total=steps, desc="sheared: mask learning",
+               file=sys.stderr, mininterval=5)
+    with masked(model, masks):
+        for step, batch in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = group["peak_lr"] * lr_factor(step, steps)
+            batch = batch.to(device)
+            masks.sample_(generator)
+            lm = model(input_ids=batch, labels=batch, use_cache=False).loss
+            lag = masks.lagrangian(step / steps, warmup)
+            (lm + lag).backward()
+            torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], GRAD_CLIP)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            masks.constrain_()
+            if (step + 1) % every == 0 or step + 1 == steps:
+                history.append(snapshot(step + 1, lm.item(), lag.item(), masks))
+                bar.set_postfix(lm=f"{lm.item():.3f}", gap=f"{history[-1]['gap']:.3f}")
+    model.eval()
+    tokens = steps * batch_size * seq_len
+    if tokens > REUSE_WARNING * windows.numel():
+        log(f"sheared: warning: {tokens} mask-learning tokens cycled {tokens / windows.numel():.1f} times over "
+            f"{windows.numel()} calibration tokens; the weights may overfit them (give more calibration windows)")
+    return {"mask_learning_tokens": tokens, "mask_learning_steps": steps,
+            "mask_learning_unique_tokens": int(windows.numel()),
+            "mask_learning_passes": tokens / windows.numel(), "history": history}
+
+
+# -------------------------------------------------------------------- the method
+def describe(masks: ShearingMasks) -> str:
+    return ", ".join(f"{name} {tuple(m.log_alpha.shape)} keep {m.target}" for name, m in masks.masks.items())
+
+
+def shear(model: torch.nn.Module, calib: torch.Tensor, target: dict, options: dict) -> PruneResult:
+    """Learn masks toward ``target`` (a shape dict), binarize, fold and cut; the child has exactly ``target``.
+
+    The parent ``model`` is consumed: its weights are trained and folded in place; the child is a new model.
+    """
+    parent = parent_shape(model.config)
+    fewer_layers = target["num_hidden_layers"] < parent["num_hidden_layers"]
+    prune_layers = bool(option(options, "sheared_prune_layers")) or fewer_layers
+    windows = mask_windows(calib, option(options, "sheared_seq_len"))
+    masks = ShearingMasks(parent, target, prune_layers, device=model_device(model))
+    log(f"sheared: {parent} -> {target}; masks: {describe(masks)}")
+    parent_loss = lm_loss(model, calib)
+    learning = learn_masks(model, masks, windows, options)
+    masks.fix_()
+    with masked(model, masks), torch.no_grad():
+        masked_loss = lm_loss(model, calib)
+    plan = plan_from_masks(masks)
+    fold_masks_(model, masks)
+    child = cut_model(model, plan).eval()
+    child_loss = lm_loss(child, calib)
+    log(f"sheared: calib loss parent {parent_loss:.4f}, masked {masked_loss:.4f}, child {child_loss:.4f}; "
+        f"{learning['mask_learning_tokens']} mask-learning tokens ({learning['mask_learning_passes']:.1f} passes)")
+    info = {"target_shape": target,
+            "masked_structures": {name: {"rows": m.log_alpha.shape[0], "size": m.size, "target": m.target}
+                                  for name, m in masks.masks.items()},
+            "kept": {"hidden": plan.hidden.tolist(), "layers": plan.layers,
+                     "kv_heads": plan.kv_heads.tolist(), "q_heads": plan.q_heads.tolist()},
+            "parent_calib_loss": parent_loss, "masked_calib_loss": masked_loss, "child_calib_loss": child_loss,
+            "options": {key: option(options, key) for key in OPTIONS}, **learning}
+    return PruneResult(model=child, masks=None, info=info)
+
+
+def prune(model: torch.nn.Module, calib: torch.Tensor, ratio: float, options: dict) -> PruneResult:
+    """Sheared-LLaMA to the shape solver's target for ``ratio``."""
+    return shear(model, calib, target_shape(ratio, model.config), options)
+
+
+@torch.no_grad()
+def prune_random(model: torch.nn.Module, calib: torch.Tensor, ratio: float, options: dict,
+                 target: dict | None = None) -> PruneResult:
+    """Baseline: the same target shape with seeded random channels, neurons, heads and layers; no training."""
+    target = target or target_shape(ratio, model.config)
+    plan = random_plan(parent_shape(model.config), target, torch.Generator().manual_seed(options.get("seed", 0)))
+    child = cut_model(model, plan).eval()
+    return PruneResult(model=child, masks=None, info={"target_shape": target, "kept": {"layers": plan.layers},
+                                                      "mask_learning_tokens": 0})

@@ -20,7 +20,7 @@ SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "nu
 
 @pytest.fixture
 def config_file(tmp_path):
-    cfg = {"parent": {"arch": SMALL}, "threads_per_job": 1,
+    cfg = {"parent": {"arch": SMALL}, "threads_per_job": 1, "prune": {"methods": ["sparsegpt"]},
            "train": {"seq_len": 32, "batch_size": 4, "lr": 0.003, "checkpoint_every": 3,
                      "eval_every_tokens": 256, "eval_windows": 4}}
     path = tmp_path / "config.yaml"

@@ -118,3 +118,23 @@ def test_all_six_methods_run_through_the_dag(smoke_run):
     assert meta["mask_learning_tokens"] > 0
     text = (workdir / "results" / "tables" / "setting2.md").read_text()
     assert all(display_name(m) in text for m in GRANULARITY_ORDER)
+
+
+def test_flap_bias_compensation_beats_none_on_the_smoke_parent(smoke_run):
+    """FLAP's ordering on the study's own parent (books; the stdlib test fixture does not show it, see
+    tests/test_prune_structured.py): compensated children have the lower held-out loss at 0.5 and 0.7."""
+    import torch
+
+    from pvs.modeling import load_model
+    from pvs.prune import flap
+    from pvs.prune.common import calibration_windows, lm_loss
+    from pvs.tokens import load_split, spread_windows
+
+    results = smoke_run[0] / "results"
+    calib = calibration_windows(results / "data", 16, 128, seed=0)
+    val = torch.from_numpy(spread_windows(load_split(results / "data", "val"), 128, 32))
+    for ratio in (0.5, 0.7):
+        losses = {comp: lm_loss(flap.prune(load_model(results / "models" / "parent"), calib, ratio,
+                                           {"flap_bias_compensation": comp, "seed": 0}).model, val)
+                  for comp in (True, False)}
+        assert losses[True] < losses[False] - 0.01, (ratio, losses)

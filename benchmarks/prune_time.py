@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT / "workflow"))
 
 from pvs.config import load_config  # noqa: E402
 from pvs.modeling import count_params, llama_config, load_model, new_model  # noqa: E402
-from pvs.prune.__main__ import resolve_options  # noqa: E402
-from pvs.prune.common import achieved_ratio, calibration_windows  # noqa: E402
+from pvs.prune.__main__ import calibration_window_count, method_calibration, resolve_options  # noqa: E402
+from pvs.prune.common import achieved_ratio  # noqa: E402
 from pvs.prune.registry import METHOD_NAMES, get_method  # noqa: E402
 from pvs.versions import library_versions  # noqa: E402
 
@@ -37,11 +37,12 @@ def parent_model(args, cfg):
     return new_model(llama_config(cfg["parent"]["arch"], vocab, 0, 0), cfg["train"]["init_std"], cfg["seed"])
 
 
-def calibration(args, cfg, vocab: int) -> torch.Tensor:
-    n, t = cfg["prune"]["calib_windows"], cfg["prune"]["calib_seq_len"]
+def calibration(args, method, options: dict, vocab: int) -> torch.Tensor:
+    """The windows the prune CLI would give ``method`` (random tokens of that count without --data)."""
     if args.data:
-        return calibration_windows(args.data, n, t, cfg["seed"])
-    return torch.randint(0, vocab, (n, t), generator=torch.Generator().manual_seed(cfg["seed"]))
+        return method_calibration(method, args.data, options)
+    count, length = calibration_window_count(method, options), options["calib_seq_len"]
+    return torch.randint(0, vocab, (count, length), generator=torch.Generator().manual_seed(options["seed"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,13 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     cfg = load_config(ROOT / args.config)
     parent = parent_model(args, cfg).eval()
-    calib = calibration(args, cfg, parent.config.vocab_size)
     parent_params = count_params(parent)
     rows = []
     for method in args.methods:
         for ratio in args.ratios or cfg["prune"]["ratios"]:
             options = resolve_options(argparse.Namespace(calib_windows=None, calib_seq_len=None, seed=None,
                                                          device="cpu", method=method, ratio=ratio), cfg)
+            calib = calibration(args, get_method(method), options, parent.config.vocab_size)
             model = copy.deepcopy(parent)
             start = time.time()
             result = get_method(method).prune(model, calib, ratio, options)
@@ -69,12 +70,13 @@ def main(argv: list[str] | None = None) -> int:
             child = count_params(result.model, result.masks)
             rows.append({"method": method, "ratio": ratio, "seconds": round(seconds, 2),
                          "achieved_ratio": round(achieved_ratio(parent_params, child), 4),
+                         "calibration": list(calib.shape),
                          "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)})
             print(json.dumps(rows[-1]), flush=True)
     out = ROOT / "benchmarks" / "results" / "prune_time.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"config": args.config, "model": args.model or "random init", "threads": 1,
-                               "calibration": [len(calib), calib.shape[1]], "runs": rows,
+                               "data": args.data or "random tokens", "runs": rows,
                                "versions": library_versions()}, indent=2) + "\n")
     return 0
 

@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(ROOT / args.configfile)
     results = ROOT / cfg["results_dir"]
     if not args.keep and results.exists():
-        shutil.rmtree(results)
+        for child in results.iterdir():  # everything the study wrote; the tracked README stays
+            if child.name != "README.md":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
     dry_empty, _ = snakemake(args.configfile, args.cores, "-n")
     wall, run = snakemake(args.configfile, args.cores)
     if run.returncode != 0:

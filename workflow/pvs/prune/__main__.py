@@ -23,7 +23,7 @@ import torch
 from pvs.config import load_config, validate_config
 from pvs.modeling import MASKS_FILE, count_params, load_model, pick_device, save_model, shape_of
 from pvs.prune.common import achieved_ratio, calibration_windows, copy_tokenizer_files, log, write_meta
-from pvs.prune.registry import METHOD_NAMES, get_method
+from pvs.prune.registry import METHOD_NAMES, Method, get_method
 from pvs.prune.sparsegpt import resolve_nm
 from pvs.versions import library_versions
 
@@ -66,6 +66,19 @@ def resolve_options(args: argparse.Namespace, cfg: dict) -> dict:
     return options
 
 
+def calibration_window_count(method: Method, options: dict) -> int:
+    """``calib_windows``, or more for methods that learn masks (Sheared-LLaMA asks for its token budget)."""
+    wanted = getattr(method.module, "calibration_windows_wanted", None)
+    return wanted(options) if wanted else options["calib_windows"]
+
+
+def method_calibration(method: Method, data: str, options: dict) -> torch.Tensor:
+    """The calibration windows ``method`` gets from DATA/calib.bin (mask learning: at most the whole split)."""
+    count = calibration_window_count(method, options)
+    return calibration_windows(data, count, options["calib_seq_len"], options["seed"],
+                               at_most=count > options["calib_windows"])
+
+
 def run(args: argparse.Namespace, cfg: dict, options: dict) -> dict:
     """Prune, save the child and return the meta.json contents."""
     torch.set_num_threads(args.threads or cfg["threads_per_job"])
@@ -76,10 +89,7 @@ def run(args: argparse.Namespace, cfg: dict, options: dict) -> dict:
     method = get_method(args.method)
     for stale in ("meta.json", MASKS_FILE):  # a leftover meta.json would hide an interrupted run
         (out / stale).unlink(missing_ok=True)
-    # mask-learning methods (Sheared-LLaMA) ask for more distinct windows than the one-shot methods
-    wanted = getattr(method.module, "calibration_windows_wanted", None)
-    calib = calibration_windows(args.data, wanted(options) if wanted else options["calib_windows"],
-                                options["calib_seq_len"], options["seed"], at_most=wanted is not None)
+    calib = method_calibration(method, args.data, options)
     log(f"{args.method} r={args.ratio} on {args.model}: {len(calib)} x {calib.shape[1]} calibration tokens, "
         f"device {device}, {torch.get_num_threads()} threads")
     model = load_model(args.model, device)

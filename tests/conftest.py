@@ -117,3 +117,11 @@ def tiny_trained_model(byte_splits, tmp_path_factory) -> Path:
     from transformers import AutoTokenizer
     AutoTokenizer.from_pretrained(byte_splits / "tokenizer").save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def val(byte_splits) -> torch.Tensor:
+    """16 held-out windows of 128 tokens spread over the val split (the one-shot loss of the prune tests)."""
+    from pvs.tokens import load_split, spread_windows
+
+    return torch.from_numpy(spread_windows(load_split(byte_splits, "val"), 128, 16))

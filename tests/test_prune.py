@@ -17,7 +17,6 @@ from pvs.prune import depth, sparsegpt
 from pvs.prune.common import calibration_windows, capture_layer_inputs, lm_loss, run_layer
 from pvs.prune.registry import get_method
 from pvs.prune.shapes import solve_shape
-from pvs.tokens import load_split, spread_windows
 
 OPTIONS = {"sparsegpt_blocksize": 32, "sparsegpt_dampening": 0.01, "seed": 0, "device": "cpu",
            "nm_patterns": {"0.5": "2:4", "0.6": "2:5"}}
@@ -35,11 +34,6 @@ def one_thread():
 @pytest.fixture(scope="module")
 def calib(byte_splits):
     return calibration_windows(byte_splits, windows=16, seq_len=64, seed=0)
-
-
-@pytest.fixture(scope="module")
-def val(byte_splits):
-    return torch.from_numpy(spread_windows(load_split(byte_splits, "val"), 128, 16))
 
 
 def block_linears(model):

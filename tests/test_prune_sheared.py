@@ -16,7 +16,6 @@ from pvs.prune.common import calibration_windows, lm_loss
 from pvs.prune.shapes import parent_shape
 from pvs.prune.sheared_cut import cut_model, fold_masks_, plan_from_masks, random_plan
 from pvs.prune.sheared_masks import BETA, GAMMA, ZETA, HardConcrete, ShearingMasks, mask_specs, masked
-from pvs.tokens import load_split, spread_windows
 
 # ~195 mask-learning steps of 2 x 64 tokens: enough for the Lagrangian to settle, a few seconds on one core
 OPTIONS = {"seed": 0, "device": "cpu", "sheared_mask_tokens": 25_000, "sheared_batch_size": 2}
@@ -34,11 +33,6 @@ def one_thread():
 @pytest.fixture(scope="module")
 def calib(byte_splits):
     return calibration_windows(byte_splits, windows=320, seq_len=64, seed=0)
-
-
-@pytest.fixture(scope="module")
-def val(byte_splits):
-    return torch.from_numpy(spread_windows(load_split(byte_splits, "val"), 128, 16))
 
 
 @pytest.fixture(scope="module")

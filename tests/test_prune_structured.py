@@ -15,7 +15,6 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from pvs.modeling import count_params, load_model, save_model, shape_of
 from pvs.prune import depth, flap, shapes, width
 from pvs.prune.common import calibration_windows, lm_loss
-from pvs.tokens import load_split, spread_windows
 
 PARENTS = {
     "default": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=10, num_attention_heads=4,
@@ -162,11 +161,6 @@ def test_flap_statistics_scores_and_compensation_keep_the_output_mean():
 @pytest.fixture(scope="module")
 def calib(byte_splits):
     return calibration_windows(byte_splits, windows=32, seq_len=64, seed=0)
-
-
-@pytest.fixture(scope="module")
-def val(byte_splits):
-    return torch.from_numpy(spread_windows(load_split(byte_splits, "val"), 128, 16))
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,11 @@
 
 The synthetic study: parent P (1M tokens), two methods (minitron_depth coarse, sparsegpt fine) at ratios
 0.5 and 0.6, main budget 300k, scaling budgets 100k/300k/1M at r = 0.5, setting 2 at r = 0.5.
-By construction pruning wins setting 1 everywhere; in setting 2 scratch wins for minitron_depth and
-pruning wins for sparsegpt (the paper's finding). sparsegpt P-R_300k at r = 0.5 has two seeds
-(3.0 and 3.2, mean 3.1); sparsegpt P-R_300k at r = 0.6 is missing.
+By construction pruning wins setting 1 everywhere; the gap narrows with N but NOT with the ratio for
+minitron_depth (0.2 at r = 0.5, 0.3 at r = 0.6: finding F3 does not hold); in setting 2 scratch wins for
+minitron_depth and pruning wins for sparsegpt (the paper's finding F4 holds); in setting 3 (r = 0.5) S_F
+beats minitron_depth (F5 does not hold). sparsegpt P-R_300k at r = 0.5 has two seeds (3.0 and 3.2, mean
+3.1, std 0.141); sparsegpt P-R_300k at r = 0.6 is missing.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ RAW_CONFIG = {"study": "synthetic",
               "parent": {"tokens": "1M"},
               "prune": {"methods": ["sparsegpt", "minitron_depth"], "ratios": [0.5, 0.6]},
               "budgets": {"main": "300k", "scaling": ["100k", "300k", "1M"], "scaling_ratio": 0.5,
-                          "setting2_ratios": [0.5]}}
+                          "setting2_ratios": [0.5], "setting3_ratios": [0.5]}}
 K, M = 1000, 1000_000
 # (arm, method, ratio, budget, train_tokens, seed, val_loss, avg acc, achieved ratio)
 RUNS = [
@@ -38,7 +40,7 @@ RUNS = [
     ("scratch", "minitron_depth", 0.5, 300 * K, 300 * K, 0, 3.6, 0.40, None),
     ("scratch", "minitron_depth", 0.5, 1 * M, 1 * M, 0, 3.3, 0.43, None),
     ("retrain", "minitron_depth", 0.6, 300 * K, 300 * K, 0, 3.5, 0.42, 0.58),
-    ("scratch", "minitron_depth", 0.6, 300 * K, 300 * K, 0, 3.7, 0.39, None),
+    ("scratch", "minitron_depth", 0.6, 300 * K, 300 * K, 0, 3.8, 0.39, None),
     ("scratch_total", "minitron_depth", 0.5, 300 * K, 1300 * K, 0, 3.3, 0.46, None),
     ("pruned", "sparsegpt", 0.5, 0, 0, 0, 3.3, 0.45, 0.5),
     ("pruned", "sparsegpt", 0.6, 0, 0, 0, 3.6, 0.41, 0.6),
@@ -51,18 +53,28 @@ RUNS = [
     ("scratch", "sparsegpt", 0.5, 1 * M, 1 * M, 0, 3.25, 0.44, None),
     ("scratch", "sparsegpt", 0.6, 300 * K, 300 * K, 0, 3.8, 0.38, None),
     ("scratch_total", "sparsegpt", 0.5, 300 * K, 1300 * K, 0, 3.2, 0.45, None),
+    ("scratch_flops", "minitron_depth", 0.5, 300 * K, 2000 * K, 0, 3.25, 0.47, None),
+    ("scratch_flops", "sparsegpt", 0.5, 300 * K, 1400 * K, 0, 3.3, 0.44, None),
 ]
+# parameters of the synthetic models: N = non-embedding + vocab x hidden (pvs.compute)
+VOCAB, HIDDEN, CHILD_BLOCK, PARENT_BLOCK, CALIB = 512, 64, 600, 1200, 1000
+N_CHILD, N_PARENT = CHILD_BLOCK + VOCAB * HIDDEN, PARENT_BLOCK + VOCAB * HIDDEN
 
 
 def make_eval(arm, method, ratio, budget, train_tokens, seed, loss, acc, achieved, study="synthetic") -> dict:
     """An evaluation JSON in the evaluate stage's format."""
-    prune = None if achieved is None else {"method": method, "target_ratio": ratio, "achieved_ratio": achieved}
+    shape = {"hidden_size": HIDDEN, "intermediate_size": 192, "num_hidden_layers": 5, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "head_dim": 16, "vocab_size": VOCAB}
+    prune = None if achieved is None else {
+        "method": method, "target_ratio": ratio, "achieved_ratio": achieved,
+        "params": {"parent": {"non_embedding": PARENT_BLOCK}, "child": {"non_embedding": CHILD_BLOCK}},
+        "shape": {"parent": shape, "child": shape}, "calibration": {"tokens": CALIB}, "mask_learning_tokens": 0}
     return {"study": study,
             "model": {"path": f"models/{arm}", "arm": arm, "method": method, "ratio": ratio, "budget": budget,
                       "train_tokens": train_tokens, "seed": seed},
-            "params": {"total": 1000, "non_embedding": 600, "embedding_and_head": 400},
-            "shape": {"hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 5,
-                      "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 512},
+            "params": {"total": 1000, "non_embedding": CHILD_BLOCK if arm != "parent" else PARENT_BLOCK,
+                       "embedding_and_head": 400},
+            "shape": shape,
             "metrics": {"val_loss": loss, "val_ppl": 2.718281828 ** loss, "ppl/austen": 30.0,
                         "lmeval/arc_easy": acc - 0.01, "lmeval/avg": acc},
             "lmeval_detail": {}, "model_meta": {"prune": prune, "train": None},
@@ -177,14 +189,94 @@ def test_setting2_winners(full_report):
     assert "Parent P (1M tokens)" in md
 
 
-def test_figures_are_written_and_open(full_report):
+FIGURES = ("loss_vs_tokens", "setting2_fig", "gap_vs_ratio", "heatmap_setting1", "heatmap_setting2",
+           "heatmap_setting3")
+
+
+def test_figures_are_written_as_png_and_pdf_and_open(full_report):
     out, written = full_report
-    for name in ("loss_vs_tokens", "setting2_fig"):
+    for name in FIGURES:
         image = matplotlib.image.imread(written[name])
         height, width = image.shape[:2]
-        assert 300 <= width <= 1200 and 300 <= height <= 1200, (name, image.shape)
+        assert 200 <= width <= 1100 and 150 <= height <= 1200, (name, image.shape)   # <= 7 in at 150 dpi
+        assert image[..., :3].std() > 0.05, name                                   # not a blank canvas
+        pdf = written[name].with_suffix(".pdf").read_bytes()
+        assert pdf.startswith(b"%PDF") and b"%%EOF" in pdf[-32:], name
     leftovers = [p for p in out.rglob("*") if p.name.startswith(".")]
     assert leftovers == []                                          # no temp files left behind
+
+
+def test_compute_columns_follow_the_stated_convention(full_report):
+    out, _ = full_report
+    summary = pd.read_csv(out / "summary.csv")
+    retrain = _row(summary, arm="retrain", method="minitron_depth", ratio=0.5, budget=300 * K)
+    assert retrain.flops_params == N_CHILD and retrain.train_flops == pytest.approx(6 * N_CHILD * 300 * K)
+    assert retrain.pipeline_tokens == 1 * M + CALIB + 300 * K
+    expected = 6 * N_PARENT * 1 * M + 2 * N_PARENT * CALIB + 6 * N_CHILD * 300 * K
+    assert retrain.pipeline_flops == pytest.approx(expected)
+    scratch = _row(summary, arm="scratch_total", method="sparsegpt")
+    assert scratch.pipeline_flops == pytest.approx(6 * N_CHILD * 1300 * K) and scratch.pipeline_tokens == 1300 * K
+    parent = _row(summary, arm="parent")
+    assert parent.pipeline_flops == pytest.approx(6 * N_PARENT * 1 * M)
+
+
+def test_main_table_in_the_papers_form(full_report):
+    out, _ = full_report
+    main = pd.read_csv(out / "tables" / "main.csv")
+    assert len(main) == 4 and list(main.method) == ["minitron_depth"] * 2 + ["sparsegpt"] * 2
+    depth = _row(main, method="minitron_depth", ratio=0.5)
+    assert depth["S_N:val_loss"] == 3.6 and depth["P-R_N:val_loss"] == 3.4 and depth["S_P+N:val_loss"] == 3.3
+    assert depth["S_F:val_loss"] == 3.25 and depth["S_F:train_tokens"] == 2000 * K
+    assert depth["P-R_N:lmeval/arc_easy"] == pytest.approx(0.43) and depth["S_N:ppl/austen"] == 30.0
+    assert depth["P-R_N:pipeline_flops"] > depth["S_N:pipeline_flops"]
+    sparse = _row(main, method="sparsegpt", ratio=0.5)
+    assert sparse["P-R_N:val_loss"] == pytest.approx(3.1) and sparse["P-R_N:n"] == 2
+    assert sparse["P-R_N:val_loss:std"] == pytest.approx(0.1414, abs=1e-4)
+    assert pd.isna(_row(main, method="sparsegpt", ratio=0.6)["S_P+N:val_loss"])       # no setting 2 at 0.6
+    md = (out / "tables" / "main.md").read_text()
+    assert "S_300k loss" in md and "P-R_300k avg acc" in md and "S_1.3M arc_easy" in md and "S_F300k loss" in md
+    assert "3.100 ± 0.141" in md and "48.0 ± 1.4" in md
+    tex = (out / "tables" / "main.tex").read_text()
+    assert r"\begin{tabular}" in tex and r"\multicolumn" in tex and r"$\pm$" in tex and "3.100" in tex
+    assert tex.count("\\\\\n") == 2 + 4                                  # two header rows + 4 body rows
+
+
+def test_setting3_table_and_markdown(full_report):
+    out, _ = full_report
+    s3 = pd.read_csv(out / "tables" / "setting3.csv")
+    depth, sparse = _row(s3, method="minitron_depth"), _row(s3, method="sparsegpt")
+    assert depth.delta_loss == pytest.approx(-0.15) and depth.winner_loss == "scratch_flops"
+    assert sparse.delta_loss == pytest.approx(0.2) and sparse.winner_loss == "retrain"
+    assert depth.scratch_flops_tokens == 2000 * K and depth.retrain_pipeline_flops > 0
+    md = (out / "tables" / "setting3.md").read_text()
+    assert "S_F300k" in md and "| 2M" in md and "6·N·D" in md
+
+
+def test_findings_verdicts_on_known_numbers(full_report):
+    out, _ = full_report
+    text = (out / "findings.md").read_text()
+    verdicts = dict(line.strip("|").split("|")[0].strip().split(":")[0:1] + [line.strip("|").split("|")[1].strip()]
+                    for line in text.splitlines() if line.startswith("| F"))
+    assert verdicts == {"F1": "holds", "F2": "holds", "F3": "does not hold", "F4": "holds", "F5": "does not hold"}
+    assert "Minitron-Depth: r=0.5 Δ +0.200 → r=0.6 Δ +0.300 (does not narrow)" in text
+    assert "N=100k Δ +0.750 → N=300k Δ +0.400 → N=1M Δ +0.200 (narrows)" in text
+    assert "3 of 4 method × ratio points" in text and "S_F matches or wins at: Minitron-Depth r=0.5" in text
+    assert text.count("Scale caveat:") == 5 and "do not edit" in text
+
+
+def test_findings_without_runs_say_not_enough(tmp_path):
+    written = report.build_report(validate_config(RAW_CONFIG), report.load_records(
+        write_evals(tmp_path / "eval", RUNS[:3])), tmp_path / "out")
+    text = written["findings"].read_text()
+    assert text.count("**Verdict: not enough runs.**") == 5
+
+
+def test_seeds_show_error_bars_and_std(full_report):
+    out, _ = full_report
+    s1 = pd.read_csv(out / "tables" / "setting1.csv")
+    sparse = _row(s1, method="sparsegpt", ratio=0.5)
+    assert sparse.retrain_loss_std == pytest.approx(0.1414, abs=1e-4) and pd.isna(sparse.scratch_loss_std)
+    assert "3.100 ± 0.141" in (out / "tables" / "setting1.md").read_text()
 
 
 def test_missing_runs_do_not_crash(tmp_path, caplog):
@@ -197,7 +289,7 @@ def test_missing_runs_do_not_crash(tmp_path, caplog):
     assert s1.count("–") > 10 and "| –" in s2
     assert "skipped minitron_depth P-R_N at r=0.5: 1 point(s)" in caplog.text
     assert "setting2: skipped sparsegpt" in caplog.text
-    for name in ("loss_vs_tokens", "setting2_fig"):
+    for name in FIGURES:
         assert matplotlib.image.imread(written[name]).shape[0] > 100
 
 
@@ -228,10 +320,10 @@ def test_no_runs_no_lmeval_and_no_setting2_ratios(tmp_path):
     raw = json.loads(json.dumps(RAW_CONFIG))
     raw["budgets"]["setting2_ratios"] = []
     written = report.build_report(validate_config(raw), [], tmp_path / "empty")
-    assert "No setting-2 ratios are configured." in written["setting2_md"].read_text()
+    assert "No ratios are configured for this setting." in written["setting2_md"].read_text()
     assert "Parent P: no evaluation found." in written["setting1_md"].read_text()
     assert pd.read_csv(written["summary"]).empty and pd.read_csv(written["setting2_csv"]).empty
-    assert all(written[name].stat().st_size > 1000 for name in ("loss_vs_tokens", "setting2_fig"))
+    assert all(written[name].stat().st_size > 1000 for name in FIGURES)
 
     records = []
     for i, run in enumerate(RUNS):                                   # evaluate.lmeval: false

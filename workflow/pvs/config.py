@@ -86,7 +86,8 @@ def _semantic_errors(cfg: dict) -> list[str]:
         except ValueError as e:
             errors.append(f"budgets.scaling[{i}] = {value!r}: {e}")
     for key, ratio in [("budgets.scaling_ratio", budgets["scaling_ratio"])] + [
-        (f"budgets.setting2_ratios[{i}]", r) for i, r in enumerate(budgets["setting2_ratios"])
+        (f"budgets.{setting}[{i}]", r) for setting in ("setting2_ratios", "setting3_ratios")
+        for i, r in enumerate(budgets[setting])
     ]:
         if ratio not in cfg["prune"]["ratios"]:
             errors.append(f"{key} = {ratio!r}: must be one of prune.ratios {cfg['prune']['ratios']}")

@@ -257,6 +257,9 @@ def evaluate(args: argparse.Namespace, cfg: dict) -> dict:
         lm_metrics, detail = run_lmeval(model, tokenizer, task_dir, batch_size, args.limit, separator_id)
         metrics.update(lm_metrics)
         log.info("lm-eval avg %.4f over %s, %.1fs", lm_metrics["lmeval/avg"], task_dir, time.time() - t0)
+    train_meta = read_json_or_none(model_dir / "train_meta.json")
+    if meta.get("train_tokens") is None and train_meta:
+        meta["train_tokens"] = train_meta["tokens"]   # S_F: its budget was computed when it trained
     return {
         "study": cfg["study"],
         "model": {"path": str(model_dir), **meta},
@@ -269,7 +272,7 @@ def evaluate(args: argparse.Namespace, cfg: dict) -> dict:
                      "batch_size": batch_size, "limit": args.limit, "device": str(device),
                      "threads": torch.get_num_threads(), "separator_id": separator_id},
         "model_meta": {"prune": read_json_or_none(model_dir / "meta.json"),
-                       "train": read_json_or_none(model_dir / "train_meta.json")},
+                       "train": train_meta},
         "versions": library_versions(),
         "seconds": time.time() - t0,
     }

@@ -1,17 +1,20 @@
-"""Report stage: every model's evaluation JSON -> a summary, the two settings' tables and the figures.
+"""Report stage: every model's evaluation JSON -> summary, tables, figures and the findings file.
 
     python -m pvs.report --config config.yaml --evals results/eval/parent.json results/eval/... --out results
     python -m pvs.report --config config.yaml --evals-dir results/eval --out results
 
-Writes under --out:
-  summary.csv                   one row per evaluated model (every seed), all metrics, coarse -> fine
-  tables/setting1.md, .csv      S_N vs P-R_N at the main budget for every method and ratio, + one-shot loss
-  tables/setting1_scaling.csv   the token-scaling curve at the scaling ratio (method x budget; also in .md)
-  tables/setting2.md, .csv      S_{P+N} vs P-R_N at the setting-2 ratios, and which wins
-  figures/loss_vs_tokens.png, figures/setting2.png
+Writes under --out (REPORT_FILES lists them):
+  summary.csv                    one row per evaluated model (every seed), all metrics and compute columns
+  tables/main.csv, .md, .tex     the paper's table: per method and ratio, S_N | P-R_N | S_{P+N} | S_F, each
+                                 with val loss, perplexities, every lm-eval task, average, FLOPs and tokens
+  tables/setting1.md, .csv       S_N vs P-R_N at the main budget (Δs, one-shot loss); setting1_scaling.csv
+  tables/setting2.md, .csv       S_{P+N} vs P-R_N and the winner; tables/setting3.md, .csv: S_F vs P-R_N
+  figures/*.png + .pdf           loss_vs_tokens (Figure 1 left), setting2 (Figure 1 right), gap_vs_ratio,
+                                 heatmap_setting1/2/3
+  findings.md                    each finding of the paper with this run's numbers and a verdict
 
 Tables follow the config's grid (methods x ratios x budgets): a grid point without a run is "–" in
-markdown and an empty cell in CSV. Runs with several seeds are averaged (mean). Sign convention:
+markdown and an empty cell in CSV. Runs with several seeds show mean ± std. Sign convention:
 Δ loss = S − P-R and Δ acc = P-R − S, so a positive Δ means pruning wins. Every file is written to a
 temp file and renamed: an interrupted run never leaves half a file.
 """
@@ -26,15 +29,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from pvs import figures, tables
+from pvs import compute, figures, findings, paper_table, tables
 from pvs.budget import format_tokens, parse_tokens
 from pvs.config import ConfigError, load_config
-from pvs.tables import ACC, ARM_ORDER, LOSS, RUN_KEYS
+from pvs.study import ARM_ORDER
+from pvs.tables import ACC, COMPUTE, LOSS, RUN_KEYS
 
 log = logging.getLogger("pvs.report")
 
 INT_COLUMNS = ["budget", "train_tokens", "seed", "params_total", "params_non_embedding",
-               "params_embedding_and_head"]
+               "params_embedding_and_head", "flops_params", "pipeline_tokens"]
 
 
 class EvalFormatError(ValueError):
@@ -64,7 +68,7 @@ def _check_eval(ev, path) -> None:
         raise EvalFormatError(f"{path}: metrics.{LOSS} is missing or not a number")
     if model["arm"] != "parent" and (model.get("method") is None or model.get("ratio") is None):
         raise EvalFormatError(f"{path}: model.method and model.ratio are required for arm {model['arm']!r}")
-    if model["arm"] in ("retrain", "scratch", "scratch_total") and _tokens(model, "budget", path) is None:
+    if model["arm"] in ARM_ORDER[2:] and _tokens(model, "budget", path) is None:
         raise EvalFormatError(f"{path}: model.budget is required for arm {model['arm']!r}")
     if _tokens(model, "train_tokens", path) is None:
         raise EvalFormatError(f"{path}: model.train_tokens is required")
@@ -90,6 +94,7 @@ def read_eval(path: str | os.PathLike) -> dict:
               "params_embedding_and_head": params.get("embedding_and_head")}
     record.update(ev["metrics"])
     record["_metrics"] = list(ev["metrics"])
+    record["_shape"], record["_prune"] = ev.get("shape"), (ev.get("model_meta") or {}).get("prune")
     record.update({"seconds": ev.get("seconds"), "torch_version": versions.get("torch"),
                    "transformers_version": versions.get("transformers"), "model_path": model.get("path"),
                    "eval_file": str(path)})
@@ -118,6 +123,28 @@ def load_records(paths, skip_foreign: bool = False) -> list[dict]:
     return records
 
 
+# ---------------------------------------------------------------- compute accounting (pvs.compute)
+
+def compute_columns(record: dict, parent_tokens: int) -> dict:
+    """FLOPs parameters, this run's training FLOPs, and its whole pipeline's tokens and FLOPs.
+
+    Pipelines: parent = its pretraining; one-shot and P-R_N = parent + pruning (+ retraining N);
+    the scratch arms = their own training only. NaN where the evaluation lacks shape or parameter counts.
+    """
+    nan = {c: float("nan") for c in COMPUTE}
+    shape, prune, tokens = record["_shape"], record["_prune"], record["train_tokens"]
+    if not shape or record["params_non_embedding"] is None or tokens is None:
+        return nan
+    n = compute.flops_params(shape, record["params_non_embedding"])
+    own = compute.train_flops(n, tokens)
+    if record["arm"] in ("pruned", "retrain"):
+        if not prune or not {"shape", "params", "calibration"} <= prune.keys():
+            return {**nan, "flops_params": n, "train_flops": own}
+        pipe = compute.pipeline(prune, parent_tokens, record["budget"] or 0)
+        return {"flops_params": n, "train_flops": own, "pipeline_tokens": pipe["tokens"], "pipeline_flops": pipe["flops"]}
+    return {"flops_params": n, "train_flops": own, "pipeline_tokens": tokens, "pipeline_flops": own}
+
+
 # ---------------------------------------------------------------- the summary (one row per model)
 
 def _metric_columns(records: list[dict]) -> list[str]:
@@ -139,7 +166,7 @@ def summary_frame(records: list[dict]) -> pd.DataFrame:
     """Every evaluated model as one row, sorted; a repeated model (same run and seed) keeps the last file."""
     base = ["study", "arm", "label", "method", "ratio", "achieved_ratio", "budget", "train_tokens", "seed",
             "params_total", "params_non_embedding", "params_embedding_and_head"]
-    tail = ["seconds", "torch_version", "transformers_version", "model_path", "eval_file"]
+    tail = COMPUTE + ["seconds", "torch_version", "transformers_version", "model_path", "eval_file"]
     columns = base + _metric_columns(records) + tail
     df = pd.DataFrame.from_records(records, columns=columns)
     for col in INT_COLUMNS:
@@ -179,36 +206,71 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
     atomic_write_text(path, df.to_csv(index=False))
 
 
-def build_report(cfg: dict, records: list[dict], out_dir: str | os.PathLike, dpi: int = 150) -> dict[str, Path]:
-    """Write the summary, every table and figure under ``out_dir`` from eval records; return the paths."""
+REPORT_FILES = {
+    "summary": "summary.csv", "findings": "findings.md",
+    "main_csv": "tables/main.csv", "main_md": "tables/main.md", "main_tex": "tables/main.tex",
+    "setting1_csv": "tables/setting1.csv", "scaling_csv": "tables/setting1_scaling.csv",
+    "setting1_md": "tables/setting1.md", "setting2_csv": "tables/setting2.csv", "setting2_md": "tables/setting2.md",
+    "setting3_csv": "tables/setting3.csv", "setting3_md": "tables/setting3.md",
+    "loss_vs_tokens": "figures/loss_vs_tokens.png", "setting2_fig": "figures/setting2.png",
+    "gap_vs_ratio": "figures/gap_vs_ratio.png", "heatmap_setting1": "figures/heatmap_setting1.png",
+    "heatmap_setting2": "figures/heatmap_setting2.png", "heatmap_setting3": "figures/heatmap_setting3.png",
+}
+
+
+def _write_tables(paths: dict, summary, runs, grid, parent, t: dict, labels: dict) -> None:
+    write_csv(summary, paths["summary"])
+    main = paper_table.paper_frame(runs, grid)
+    write_csv(main, paths["main_csv"])
+    atomic_write_text(paths["main_md"], paper_table.to_markdown(main, runs, grid))
+    atomic_write_text(paths["main_tex"], paper_table.to_latex(main, runs, grid))
+    for name in ("setting1", "setting2", "setting3"):
+        write_csv(t[name], paths[f"{name}_csv"])
+    write_csv(t["scaling"], paths["scaling_csv"])
+    atomic_write_text(paths["setting1_md"], tables.setting1_markdown(t["setting1"], t["scaling"], grid, parent))
+    atomic_write_text(paths["setting2_md"], tables.setting2_markdown(t["setting2"], grid, parent, labels))
+    atomic_write_text(paths["setting3_md"], tables.setting3_markdown(t["setting3"], grid, parent, labels))
+
+
+def _draw_figures(paths: dict, runs, grid, parent, t: dict, labels: dict, dpi: int) -> None:
+    parent_loss = tables.metric(parent, LOSS)
+    figures.plot_loss_vs_tokens(runs, list(grid.methods), grid.scaling_ratio, list(grid.scaling), parent_loss,
+                                paths["loss_vs_tokens"], dpi)
+    figures.plot_setting2(t["setting2"], labels, parent_loss, paths["setting2_fig"], dpi)
+    figures.plot_gap_vs_ratio(t["setting1"], paths["gap_vs_ratio"], dpi)
+    titles = {"setting1": f"Setting 1: Δ loss = S_N − P-R_N, N = {labels['N']} \n(> 0: pruning wins)",
+              "setting2": f"Setting 2: Δ loss = {labels['scratch_total']} − {labels['retrain']} \n(> 0: pruning wins)",
+              "setting3": f"Setting 3: Δ loss = S_F − {labels['retrain']}, equal FLOPs\n(> 0: pruning wins)"}
+    for name, title in titles.items():
+        figures.plot_gap_heatmap(t[name], title, paths[f"heatmap_{name}"], dpi)
+
+
+def build_report(cfg: dict, records: list[dict], out_dir: str | os.PathLike, dpi: int | None = None) -> dict[str, Path]:
+    """Write the summary, every table, figure and the findings under ``out_dir``; return the paths."""
     grid, out = tables.Grid.from_config(cfg), Path(out_dir)
+    dpi = dpi or cfg["report"]["dpi"]
+    for record in records:
+        record.update(compute_columns(record, grid.parent_tokens))
     summary = select_study(summary_frame(records), grid.study)
     log.info("%d evaluation(s) of study %r", len(summary), grid.study)
     runs = tables.mean_over_seeds(summary)
     tables.note_outside_grid(runs, grid)
     parent = tables.parent_run(runs, grid)
-    s1, scaling = tables.setting1_table(runs, grid), tables.scaling_table(runs, grid)
-    s2 = tables.setting2_table(runs, grid)
-    tables.note_missing("setting1", s1, ["pruned_loss", "retrain_loss", "scratch_loss"])
-    tables.note_missing("scaling", scaling, ["retrain_loss", "scratch_loss"])
-    tables.note_missing("setting2", s2, ["retrain_loss", "scratch_total_loss"])
-    labels = {"retrain": f"P-R_{format_tokens(grid.main)}",
-              "scratch_total": f"S_{format_tokens(grid.parent_tokens + grid.main)}"}
-    paths = {name: out / rel for name, rel in [
-        ("summary", "summary.csv"), ("setting1_csv", "tables/setting1.csv"),
-        ("scaling_csv", "tables/setting1_scaling.csv"), ("setting1_md", "tables/setting1.md"),
-        ("setting2_csv", "tables/setting2.csv"), ("setting2_md", "tables/setting2.md"),
-        ("loss_vs_tokens", "figures/loss_vs_tokens.png"), ("setting2_fig", "figures/setting2.png")]}
-    write_csv(summary, paths["summary"])
-    write_csv(s1, paths["setting1_csv"])
-    write_csv(scaling, paths["scaling_csv"])
-    write_csv(s2, paths["setting2_csv"])
-    atomic_write_text(paths["setting1_md"], tables.setting1_markdown(s1, scaling, grid, parent))
-    atomic_write_text(paths["setting2_md"], tables.setting2_markdown(s2, grid, parent, labels))
-    parent_loss = tables.metric(parent, LOSS)
-    figures.plot_loss_vs_tokens(runs, list(grid.methods), grid.scaling_ratio, list(grid.scaling), parent_loss,
-                                paths["loss_vs_tokens"], dpi)
-    figures.plot_setting2(s2, labels, parent_loss, paths["setting2_fig"], dpi)
+    t = {"setting1": tables.setting1_table(runs, grid), "scaling": tables.scaling_table(runs, grid),
+         "setting2": tables.setting2_table(runs, grid), "setting3": tables.setting3_table(runs, grid)}
+    tables.note_missing("setting1", t["setting1"], ["pruned_loss", "retrain_loss", "scratch_loss"])
+    tables.note_missing("scaling", t["scaling"], ["retrain_loss", "scratch_loss"])
+    tables.note_missing("setting2", t["setting2"], ["retrain_loss", "scratch_total_loss"])
+    tables.note_missing("setting3", t["setting3"], ["retrain_loss", "scratch_flops_loss"])
+    labels = {"N": format_tokens(grid.main), "retrain": f"P-R_{format_tokens(grid.main)}",
+              "scratch_total": f"S_{format_tokens(grid.parent_tokens + grid.main)}",
+              "scratch_flops": f"S_F{format_tokens(grid.main)}"}
+    paths = {name: out / rel for name, rel in REPORT_FILES.items()}
+    _write_tables(paths, summary, runs, grid, parent, t, labels)
+    _draw_figures(paths, runs, grid, parent, t, labels, dpi)
+    items = findings.findings(t["setting1"], t["scaling"], t["setting2"], t["setting3"], grid, parent,
+                              cfg["report"]["match_tolerance"])
+    atomic_write_text(paths["findings"], findings.findings_markdown(items, grid))
     return paths
 
 
@@ -225,7 +287,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--evals-dir", metavar="DIR",
                         help="also read every **/*.json under DIR (files that are not evaluations are skipped)")
     parser.add_argument("--out", required=True, metavar="RESULTS_DIR", help="directory for summary.csv, tables/, figures/")
-    parser.add_argument("--dpi", type=int, default=150, help="resolution of the PNG figures (default: 150)")
+    parser.add_argument("--dpi", type=int, help="resolution of the PNG figures (default: the config's report.dpi)")
     args = parser.parse_args(argv)
     if not args.evals and not args.evals_dir:
         parser.error("give --evals and/or --evals-dir")

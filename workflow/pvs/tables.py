@@ -18,20 +18,26 @@ from dataclasses import dataclass
 import pandas as pd
 
 from pvs.budget import format_tokens, parse_tokens
+from pvs.compute import CONVENTION
 from pvs.prune.registry import GRANULARITY_ORDER, display_name
+from pvs.study import ARM_ORDER
 
 log = logging.getLogger("pvs.tables")
 
-ARM_ORDER = ["parent", "pruned", "retrain", "scratch", "scratch_total"]
 RUN_KEYS = ["arm", "method", "ratio", "budget", "train_tokens"]   # a run = these; seeds are averaged
 LOSS, ACC = "val_loss", "lmeval/avg"
 MISSING = "–"
-_PAIR = ["retrain_loss", "{0}_loss", "delta_loss", "retrain_acc", "{0}_acc", "delta_acc", "retrain_n", "{0}_n"]
+_PAIR = ["retrain_loss", "{0}_loss", "delta_loss", "retrain_acc", "{0}_acc", "delta_acc", "retrain_n", "{0}_n",
+         "retrain_loss_std", "{0}_loss_std", "retrain_acc_std", "{0}_acc_std"]
+COMPUTE = ["flops_params", "train_flops", "pipeline_tokens", "pipeline_flops"]
 SETTING1_COLUMNS = (["method", "ratio", "achieved_ratio", "budget", "pruned_loss"]
                     + [c.format("scratch") for c in _PAIR] + ["parent_loss", "parent_acc"])
 SCALING_COLUMNS = ["method", "ratio", "budget"] + [c.format("scratch") for c in _PAIR]
 SETTING2_COLUMNS = (["method", "ratio", "achieved_ratio", "budget"] + [c.format("scratch_total") for c in _PAIR]
                     + ["winner_loss", "winner_acc", "parent_loss", "parent_acc"])
+SETTING3_COLUMNS = (["method", "ratio", "achieved_ratio", "budget"] + [c.format("scratch_flops") for c in _PAIR]
+                    + ["winner_loss", "winner_acc", "retrain_pipeline_flops", "scratch_flops_train_flops",
+                       "scratch_flops_tokens"])
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,7 @@ class Grid:
     scaling: tuple[int, ...]          # the scaling budgets plus the main budget, ascending
     scaling_ratio: float
     setting2_ratios: tuple[float, ...]
+    setting3_ratios: tuple[float, ...]
     parent_tokens: int
 
     @classmethod
@@ -54,6 +61,7 @@ class Grid:
                    scaling=tuple(sorted({parse_tokens(b) for b in budgets["scaling"]} | {main})),
                    scaling_ratio=as_ratio(budgets["scaling_ratio"]),
                    setting2_ratios=tuple(sorted(as_ratio(r) for r in budgets["setting2_ratios"])),
+                   setting3_ratios=tuple(sorted(as_ratio(r) for r in budgets["setting3_ratios"])),
                    parent_tokens=parse_tokens(cfg["parent"]["tokens"]))
 
 
@@ -76,16 +84,28 @@ def run_label(arm: str, budget: int | None, train_tokens: int | None) -> str:
         return "P-R_0"
     if arm == "retrain":
         return f"P-R_{format_tokens(budget)}"
+    if arm == "scratch_flops":
+        return f"S_F{format_tokens(budget)}"
     return f"S_{format_tokens(train_tokens)}"
 
 
+def metric_columns(summary: pd.DataFrame) -> list[str]:
+    """The numeric per-model results: metrics (val loss, perplexities, lm-eval) and compute columns."""
+    return [c for c in summary.columns if c in (LOSS, ACC, "val_ppl") or c.startswith(("ppl/", "lmeval/"))
+            or c in COMPUTE]
+
+
 def mean_over_seeds(summary: pd.DataFrame) -> pd.DataFrame:
-    """One row per run (RUN_KEYS): mean val loss, avg acc and achieved ratio over its seeds, and n seeds."""
+    """One row per run (RUN_KEYS): the mean of every metric over its seeds, ``<metric>_std`` (sample std,
+    NaN for one seed) and ``n`` seeds. S_F's tokens differ by run, so its train_tokens is averaged too."""
     df = summary.assign(budget=summary.budget.astype("float64"),
                         train_tokens=summary.train_tokens.astype("float64"))
-    groups = df.groupby(RUN_KEYS, dropna=False, sort=False)
-    runs = groups[[LOSS, ACC, "achieved_ratio"]].mean()
-    return runs.assign(n=groups.size()).reset_index()
+    keys = [k for k in RUN_KEYS if k != "train_tokens"]
+    groups = df.groupby(keys, dropna=False, sort=False)
+    values = metric_columns(df) + ["achieved_ratio", "train_tokens"]
+    means = groups[values].mean()
+    stds = groups[metric_columns(df)].std().add_suffix("_std")
+    return pd.concat([means, stds], axis=1).assign(n=groups.size()).reset_index()
 
 
 # ---------------------------------------------------------------- comparisons on the grid
@@ -128,22 +148,35 @@ def compare(runs: pd.DataFrame, method: str, ratio: float, budget: int, rival: s
     row.update({"retrain_acc": metric(pruned, ACC), f"{rival}_acc": metric(other, ACC)})
     row["delta_acc"] = row["retrain_acc"] - row[f"{rival}_acc"]
     row.update({"retrain_n": metric(pruned, "n"), f"{rival}_n": metric(other, "n")})
+    for name, col in (("loss", LOSS), ("acc", ACC)):
+        row[f"retrain_{name}_std"] = metric(pruned, f"{col}_std")
+        row[f"{rival}_{name}_std"] = metric(other, f"{col}_std")
     return row
 
 
-def winner(pruned: float, scratch: float, higher_is_better: bool) -> str | None:
-    """'retrain', 'scratch_total' or 'tie'; None when either side has no run."""
+def delta_std(table: pd.DataFrame, rival: str, name: str) -> pd.Series:
+    """Std of a Δ column from the two arms' seed stds (independent runs; a missing std counts as 0)."""
+    a, b = table[f"retrain_{name}_std"].fillna(0.0), table[f"{rival}_{name}_std"].fillna(0.0)
+    return (a ** 2 + b ** 2) ** 0.5
+
+
+def winner(pruned: float, scratch: float, higher_is_better: bool, rival: str = "scratch_total") -> str | None:
+    """'retrain', ``rival`` or 'tie'; None when either side has no run."""
     if pd.isna(pruned) or pd.isna(scratch):
         return None
     if math.isclose(pruned, scratch, rel_tol=0.0, abs_tol=1e-9):
         return "tie"
-    return "retrain" if (pruned > scratch) == higher_is_better else "scratch_total"
+    return "retrain" if (pruned > scratch) == higher_is_better else rival
 
 
 def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
     """A table with a fixed set of columns (also when empty); seed counts as integers."""
     df = pd.DataFrame(rows, columns=columns)
     return df.astype({c: "Int64" for c in columns if c.endswith("_n")})
+
+
+def metric_or_nan(row: pd.Series | None, col: str) -> float:
+    return float("nan") if row is None or col not in row.index else metric(row, col)
 
 
 def _parent_columns(parent: pd.Series | None) -> dict:
@@ -181,6 +214,24 @@ def setting2_table(runs: pd.DataFrame, grid: Grid) -> pd.DataFrame:
     return _frame(rows, SETTING2_COLUMNS)
 
 
+def setting3_table(runs: pd.DataFrame, grid: Grid) -> pd.DataFrame:
+    """S_F (scratch with the P-R_N pipeline's FLOPs) vs P-R_N at the main budget, every setting-3 ratio."""
+    rows = []
+    for method in grid.methods:
+        for ratio in grid.setting3_ratios:
+            row = {"method": method, "ratio": ratio, "achieved_ratio": _achieved(runs, method, ratio),
+                   "budget": grid.main, **compare(runs, method, ratio, grid.main, "scratch_flops")}
+            row["winner_loss"] = winner(row["retrain_loss"], row["scratch_flops_loss"], False, "scratch_flops")
+            row["winner_acc"] = winner(row["retrain_acc"], row["scratch_flops_acc"], True, "scratch_flops")
+            pruned, rival = _pick(runs, "retrain", method, ratio, grid.main), _pick(runs, "scratch_flops", method,
+                                                                                     ratio, grid.main)
+            row.update({"retrain_pipeline_flops": metric_or_nan(pruned, "pipeline_flops"),
+                        "scratch_flops_train_flops": metric_or_nan(rival, "train_flops"),
+                        "scratch_flops_tokens": metric_or_nan(rival, "train_tokens")})
+            rows.append(row)
+    return _frame(rows, SETTING3_COLUMNS)
+
+
 def note_outside_grid(runs: pd.DataFrame, grid: Grid) -> None:
     """Log runs whose method or ratio the config does not list (stale files from an older grid)."""
     child = runs[runs.arm != "parent"]
@@ -199,6 +250,17 @@ def _pct(fraction, spec: str = ".1f") -> str:
     return MISSING if fraction is None or pd.isna(fraction) else format(100 * fraction, spec)
 
 
+def _pm(values, stds, spec: str = ".3f", scale: float = 1.0) -> list[str]:
+    """Cells 'mean' or 'mean ± std' (std only when the run has several seeds)."""
+    cells = []
+    for v, sd in zip(values, stds):
+        cell = _num(None if pd.isna(v) else v * scale, spec)
+        if cell != MISSING and pd.notna(sd):
+            cell += f" ± {format(sd * scale, spec.lstrip('+'))}"
+        cells.append(cell)
+    return cells
+
+
 def _header(title: str, grid: Grid, parent: pd.Series | None, what: str) -> list[str]:
     if parent is None:
         ref = "Parent P: no evaluation found."
@@ -208,7 +270,7 @@ def _header(title: str, grid: Grid, parent: pd.Series | None, what: str) -> list
                f"avg acc {acc}{'' if acc == MISSING else '%'}.")
     notes = (f"Study `{grid.study}`. {what} Δ loss = S − P-R and Δ acc = P-R − S (percentage points): "
              f"positive means pruning wins. Acc = lm-eval average (%). A {MISSING} marks a grid point without a run. "
-             "Runs with several seeds are averaged (seed counts in the CSV).")
+             "Runs with several seeds show mean ± std (seed counts in the CSV).")
     return [f"# {title}", "", notes, "", ref, ""]
 
 
@@ -216,19 +278,29 @@ def _markdown(columns: dict[str, list[str]]) -> str:
     return pd.DataFrame(columns).to_markdown(index=False, disable_numparse=True)
 
 
+def _versus_columns(table: pd.DataFrame, rival: str, pr: str, s: str) -> dict[str, list[str]]:
+    """The loss / Δ / acc columns shared by every setting's markdown table (P-R_N vs one scratch arm)."""
+    return {
+        f"{pr} loss": _pm(table.retrain_loss, table.retrain_loss_std),
+        f"{s} loss": _pm(table[f"{rival}_loss"], table[f"{rival}_loss_std"]),
+        "Δ loss": [_num(v, "+.3f") for v in table.delta_loss],
+        f"{pr} acc": _pm(table.retrain_acc, table.retrain_acc_std, ".1f", 100),
+        f"{s} acc": _pm(table[f"{rival}_acc"], table[f"{rival}_acc_std"], ".1f", 100),
+        "Δ acc (pp)": [_pct(v, "+.1f") for v in table.delta_acc]}
+
+
+def _identity_columns(table: pd.DataFrame) -> dict[str, list[str]]:
+    return {"method": [display_name(m) for m in table.method], "r": [f"{r:g}" for r in table.ratio],
+            "achieved r": [_num(v, ".3f") for v in table.achieved_ratio]}
+
+
 def setting1_markdown(table: pd.DataFrame, scaling: pd.DataFrame, grid: Grid, parent) -> str:
     pr, s = f"P-R_{format_tokens(grid.main)}", f"S_{format_tokens(grid.main)}"
     lines = _header("Setting 1: equal training tokens (S_N vs P-R_N)", grid, parent,
                     f"Main budget N = {format_tokens(grid.main)} tokens; one-shot = pruned, not retrained.")
-    lines.append(_markdown({
-        "method": [display_name(m) for m in table.method], "r": [f"{r:g}" for r in table.ratio],
-        "achieved r": [_num(v, ".3f") for v in table.achieved_ratio],
-        "one-shot loss": [_num(v, ".3f") for v in table.pruned_loss],
-        f"{pr} loss": [_num(v, ".3f") for v in table.retrain_loss],
-        f"{s} loss": [_num(v, ".3f") for v in table.scratch_loss],
-        "Δ loss": [_num(v, "+.3f") for v in table.delta_loss],
-        f"{pr} acc": [_pct(v) for v in table.retrain_acc], f"{s} acc": [_pct(v) for v in table.scratch_acc],
-        "Δ acc (pp)": [_pct(v, "+.1f") for v in table.delta_acc]}))
+    lines.append(_markdown({**_identity_columns(table),
+                            "one-shot loss": [_num(v, ".3f") for v in table.pruned_loss],
+                            **_versus_columns(table, "scratch", pr, s)}))
     lines += ["", f"## Token scaling at r = {grid.scaling_ratio:g} (validation loss)", ""]
     rows = {"method": [], "": []} | {format_tokens(n): [] for n in grid.scaling}
     for method in grid.methods:
@@ -243,26 +315,39 @@ def setting1_markdown(table: pd.DataFrame, scaling: pd.DataFrame, grid: Grid, pa
     return "\n".join(lines) + "\n"
 
 
-def setting2_markdown(table: pd.DataFrame, grid: Grid, parent, labels: dict[str, str]) -> str:
-    pr, s = labels["retrain"], labels["scratch_total"]
-    lines = _header("Setting 2: equal total tokens (S_{P+N} vs P-R_N)", grid, parent,
-                    f"P = {format_tokens(grid.parent_tokens)}, N = {format_tokens(grid.main)}: {pr} is pruned "
-                    f"from P and retrained N tokens, {s} is trained from scratch on P+N tokens "
-                    "(calibration and mask-learning tokens not counted).")
+def versus_markdown(table: pd.DataFrame, grid: Grid, parent, rival: str, labels: dict[str, str],
+                    title: str, what: str) -> str:
+    """Setting 2 (rival scratch_total) or 3 (scratch_flops): P-R_N vs the rival, with the winner."""
+    pr, s = labels["retrain"], labels[rival]
+    lines = _header(title, grid, parent, what)
     if table.empty:
-        return "\n".join(lines + ["No setting-2 ratios are configured."]) + "\n"
-    names = {"retrain": pr, "scratch_total": s, "tie": "tie"}
-    lines.append(_markdown({
-        "method": [display_name(m) for m in table.method], "r": [f"{r:g}" for r in table.ratio],
-        "achieved r": [_num(v, ".3f") for v in table.achieved_ratio],
-        f"{pr} loss": [_num(v, ".3f") for v in table.retrain_loss],
-        f"{s} loss": [_num(v, ".3f") for v in table.scratch_total_loss],
-        "Δ loss": [_num(v, "+.3f") for v in table.delta_loss],
-        "wins (loss)": [names.get(w, MISSING) for w in table.winner_loss],
-        f"{pr} acc": [_pct(v) for v in table.retrain_acc], f"{s} acc": [_pct(v) for v in table.scratch_total_acc],
-        "Δ acc (pp)": [_pct(v, "+.1f") for v in table.delta_acc],
-        "wins (acc)": [names.get(w, MISSING) for w in table.winner_acc]}))
+        return "\n".join(lines + ["No ratios are configured for this setting."]) + "\n"
+    names = {"retrain": pr, rival: s, "tie": "tie"}
+    columns = {**_identity_columns(table), **_versus_columns(table, rival, pr, s)}
+    columns["wins (loss)"] = [names.get(w, MISSING) for w in table.winner_loss]
+    columns["wins (acc)"] = [names.get(w, MISSING) for w in table.winner_acc]
+    if rival == "scratch_flops":
+        columns[f"{s} tokens"] = [MISSING if pd.isna(v) else format_tokens(int(round(v)))
+                                  for v in table.scratch_flops_tokens]
+        columns["pipeline FLOPs"] = [_num(v, ".2e") for v in table.retrain_pipeline_flops]
+    lines.append(_markdown(columns))
     return "\n".join(lines) + "\n"
+
+
+def setting2_markdown(table: pd.DataFrame, grid: Grid, parent, labels: dict[str, str]) -> str:
+    what = (f"P = {format_tokens(grid.parent_tokens)}, N = {format_tokens(grid.main)}: {labels['retrain']} is "
+            f"pruned from P and retrained N tokens, {labels['scratch_total']} is trained from scratch on P+N "
+            "tokens (calibration and mask-learning tokens not counted).")
+    return versus_markdown(table, grid, parent, "scratch_total", labels,
+                           "Setting 2: equal total tokens (S_{P+N} vs P-R_N)", what)
+
+
+def setting3_markdown(table: pd.DataFrame, grid: Grid, parent, labels: dict[str, str]) -> str:
+    what = (f"S_F is the child's shape trained from scratch with the FLOPs of the whole {labels['retrain']} "
+            f"pipeline (parent pretraining on P = {format_tokens(grid.parent_tokens)} + pruning + retraining "
+            f"N = {format_tokens(grid.main)}). Convention: {CONVENTION}.")
+    return versus_markdown(table, grid, parent, "scratch_flops", labels,
+                           "Setting 3: equal pipeline FLOPs (S_F vs P-R_N)", what)
 
 
 def note_missing(name: str, table: pd.DataFrame, columns: list[str]) -> None:

@@ -56,8 +56,9 @@ def spread_windows(tokens: np.ndarray, seq_len: int, count: int | None) -> np.nd
 class TokenStream:
     """Several token files read as one stream, in order, from a start offset; wraps around at the end.
 
-    Training batches are consecutive windows of the stream, so "position" (tokens consumed) is the
-    whole data state a resumed run needs. Documents were shuffled when the splits were written.
+    Window i covers tokens [i * seq_len, (i + 1) * seq_len] of the stream (one extra for the targets).
+    The trainer visits windows in a seeded permutation, so the step number is the whole data state a
+    resumed run needs. Documents were shuffled when the splits were written.
     """
 
     def __init__(self, arrays: list[np.ndarray], start: int = 0):
@@ -86,9 +87,7 @@ class TokenStream:
             offset -= len(array)
         raise IndexError(offset)
 
-    def batch(self, position: int, batch_size: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-        """Inputs and next-token targets, each (batch_size, seq_len), from ``position``."""
-        flat = self.read(position, batch_size * seq_len + 1)
-        x = flat[:-1].reshape(batch_size, seq_len)
-        y = flat[1:].reshape(batch_size, seq_len)
-        return x, y
+    def windows(self, indices, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """Inputs and next-token targets, each (len(indices), seq_len): window i starts at i * seq_len."""
+        flat = np.stack([self.read(int(i) * seq_len, seq_len + 1) for i in indices])
+        return flat[:, :-1], flat[:, 1:]

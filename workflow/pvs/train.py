@@ -9,6 +9,10 @@ What an arm decides (ARMS below): which splits it reads and what ``--init`` mean
   retrain        reads retrain (disjoint);     weights (and masks) of --init
   scratch        reads pretrain+retrain from the start; shape (and mask) of --init, random init
   scratch_total  same as scratch; the workflow passes P+N tokens (setting 2)
+  scratch_flops  same as scratch; --tokens-from gives the tokens of setting 3 (python -m pvs.compute)
+
+Data order: the run's windows (the first ``steps x batch`` windows of its stream, so the same tokens for
+every seed) are visited in a permutation drawn from its seed; the seed also draws a scratch model's init.
 
 The recipe is the paper's (AdamW, 5% warm-up, cosine to 10%, clip 1.0). Budgets are tokens; steps are
 derived once and printed. Sparse masks are re-applied after every optimizer step. ``--ckpt`` holds
@@ -27,6 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -52,7 +57,23 @@ ARMS = {
     "retrain": Arm(("retrain",), "weights", 0),
     "scratch": Arm(("pretrain", "retrain"), "shape", 1),
     "scratch_total": Arm(("pretrain", "retrain"), "shape", 2),
+    "scratch_flops": Arm(("pretrain", "retrain"), "shape", 3),
 }
+
+
+def window_order(windows: int, seed: int) -> np.ndarray:
+    """The order in which a run visits its training windows: a permutation drawn from its seed."""
+    return np.random.default_rng(seed).permutation(windows)
+
+
+def run_tokens(args: argparse.Namespace) -> int:
+    """The token budget: --tokens, or the 'tokens' of the --tokens-from JSON (setting 3, pvs.compute)."""
+    if args.tokens_from:
+        record = json.loads(Path(args.tokens_from).read_text())
+        if not isinstance(record.get("tokens"), int) or record["tokens"] <= 0:
+            raise ValueError(f"{args.tokens_from}: needs a positive integer 'tokens'")
+        return record["tokens"]
+    return parse_tokens(args.tokens)
 
 
 def lr_at(step: int, total_steps: int, recipe: dict) -> float:
@@ -124,7 +145,7 @@ def train(args: argparse.Namespace, cfg: dict) -> dict:
     torch.set_num_threads(args.threads or cfg["threads_per_job"])
     device = pick_device(args.device or cfg["device"])
     manifest = read_manifest(args.data)
-    tokens = parse_tokens(args.tokens)
+    tokens = run_tokens(args)
     seq_len, batch_size = recipe["seq_len"], recipe["batch_size"]
     steps = steps_for_budget(tokens, seq_len, batch_size)
     stream = TokenStream([load_split(args.data, s) for s in arm.splits])
@@ -162,6 +183,7 @@ def train(args: argparse.Namespace, cfg: dict) -> dict:
     if start_step == 0:
         log.write({"step": 0, "tokens": 0, "val_loss": validation_loss(model, val, batch_size, autocast)})
 
+    order = window_order(steps * batch_size, seed)
     t0, losses = time.time(), []
     progress = tqdm(range(start_step, steps), initial=start_step, total=steps, desc=f"train {args.arm}",
                     file=sys.stderr, mininterval=5)
@@ -169,7 +191,7 @@ def train(args: argparse.Namespace, cfg: dict) -> dict:
         lr = lr_at(step, steps, recipe)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x, y = stream.batch(step * batch_size * seq_len, batch_size, seq_len)
+        x, y = stream.windows(order[step * batch_size:(step + 1) * batch_size], seq_len)
         x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
         tick = time.time()
         with autocast():
@@ -225,7 +247,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 2)[2])
     parser.add_argument("--arm", required=True, choices=sorted(ARMS), help="which arm of the study this run is")
-    parser.add_argument("--tokens", required=True, help="token budget of this run, e.g. 300k, 1.5M, 50B")
+    budget = parser.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--tokens", help="token budget of this run, e.g. 300k, 1.5M, 50B")
+    budget.add_argument("--tokens-from", metavar="JSON",
+                        help="read the budget from the 'tokens' of this JSON (setting 3: python -m pvs.compute --out)")
     parser.add_argument("--data", required=True, help="prepared data directory (python -m pvs.data)")
     parser.add_argument("--out", required=True, help="output HF model directory")
     parser.add_argument("--init", help="pruned model directory (weights for retrain, shape+mask for scratch)")

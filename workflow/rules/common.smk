@@ -30,9 +30,29 @@ wildcard_constraints:
     ratio="0\.[0-9]+",
     budget="[0-9.]+[kMBT]?",
     arm="|".join(TRAINED_ARMS),
+    replica="(_seed[1-9][0-9]*)?",
 
 
-def child_tokens(wildcards):
-    """Tokens of one training run: N, or P+N for S_{P+N}."""
-    run = Run(wildcards.arm, wildcards.method, float(wildcards.ratio), parse_tokens(wildcards.budget))
-    return run.train_tokens(PARENT_TOKENS)
+def child_run(wildcards):
+    return Run(wildcards.arm, wildcards.method, float(wildcards.ratio), parse_tokens(wildcards.budget),
+               int(wildcards.replica.removeprefix("_seed") or 0))
+
+
+def child_inputs(wildcards):
+    """The pruned child (weights, or shape and mask); S_F also needs its setting-3 budget."""
+    inputs = {"init": f"{R}/models/pruned/{wildcards.method}/r{wildcards.ratio}"}
+    if wildcards.arm == "scratch_flops":
+        inputs["budget_file"] = f"{R}/compute/setting3/{wildcards.method}/r{wildcards.ratio}/N{wildcards.budget}.json"
+    return inputs
+
+
+def child_tokens_arg(wildcards):
+    """--tokens N (P+N for S_{P+N}), or --tokens-from the setting-3 budget file for S_F."""
+    tokens = child_run(wildcards).train_tokens(PARENT_TOKENS)
+    if tokens is None:
+        return "--tokens-from " + child_inputs(wildcards)["budget_file"]
+    return f"--tokens {tokens}"
+
+
+def child_seed(wildcards):
+    return config["seed"] + child_run(wildcards).replica

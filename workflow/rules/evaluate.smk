@@ -4,7 +4,7 @@
 def eval_meta(wildcards):
     run = Run.from_model_path(wildcards.model)
     fields = dict(arm=run.arm, method=run.method, ratio=run.ratio, budget=run.budget,
-                  train_tokens=run.train_tokens(PARENT_TOKENS), seed=config["seed"])
+                  train_tokens=run.train_tokens(PARENT_TOKENS), seed=config["seed"] + run.replica)
     return "--meta " + " ".join(f"{k}={'null' if v is None else v}" for k, v in fields.items())
 
 

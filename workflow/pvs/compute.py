@@ -1,0 +1,107 @@
+"""Compute accounting: training FLOPs per run, whole-pipeline tokens and FLOPs, and setting 3's budget.
+
+    python -m pvs.compute --pruned results/models/pruned/flap/r0.5 --parent-tokens 800k --budget 200k
+    python -m pvs.compute --pruned DIR --parent-tokens 800k --budget 200k --out setting3.json
+
+Convention (stated in every table that shows FLOPs):
+  * FLOPs parameters N = non-embedding (transformer-block) parameters + the LM head (vocab x hidden,
+    counted once even when tied to the embedding; embedding lookups cost nothing). For a sparse model
+    the block parameters are the kept (non-zero) weights, as in the study's pruning ratio, so a sparse
+    and a structured child at the same ratio have the same N; dense hardware would spend the dense FLOPs.
+  * Training FLOPs = 6 N D for D training tokens (forward + backward, attention's quadratic term ignored).
+  * Pruning FLOPs = 2 N_parent T_calib x passes (forward passes over the calibration tokens; Minitron-Depth
+    scores every candidate block with one more pass each) + 6 N_parent T_mask (Sheared-LLaMA's mask
+    learning trains through the parent). SparseGPT's Hessian algebra is ignored (small next to the passes).
+  * Pipeline of P-R_N = the parent's pretraining (6 N_parent P; also for an imported parent, with P =
+    parent.tokens) + pruning + retraining (6 N_child N). Its tokens = P + T_calib + T_mask + N.
+  * Setting 3, S_F: the child's shape trained from scratch on D = pipeline FLOPs / (6 N_child) tokens, so
+    scratch gets the compute of the whole pruning pipeline.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from pvs.budget import format_tokens, parse_tokens
+
+CONVENTION = ("FLOPs = 6·N·D, N = non-embedding (non-zero for sparse) + LM-head parameters; pipeline = "
+              "parent pretraining + pruning passes + retraining")
+
+
+def flops_params(shape: dict, non_embedding: int) -> int:
+    """N of 6·N·D: block parameters (non-zero ones for sparse models) plus the LM head."""
+    return int(non_embedding) + int(shape["vocab_size"]) * int(shape["hidden_size"])
+
+
+def train_flops(params: int, tokens: int) -> float:
+    return 6.0 * params * tokens
+
+
+def prune_cost(meta: dict) -> dict:
+    """Tokens and FLOPs that pruning the parent consumed, from the prune stage's meta.json."""
+    n_parent = flops_params(meta["shape"]["parent"], meta["params"]["parent"]["non_embedding"])
+    calib = int(meta["calibration"]["tokens"])
+    mask = int(meta.get("mask_learning_tokens") or 0)
+    passes = 1 + len((meta.get("info") or {}).get("candidates") or [])
+    return {"tokens": calib + mask, "flops": 2.0 * n_parent * calib * passes + 6.0 * n_parent * mask,
+            "calibration_tokens": calib, "mask_learning_tokens": mask, "forward_passes": passes}
+
+
+def child_params(meta: dict) -> int:
+    return flops_params(meta["shape"]["child"], meta["params"]["child"]["non_embedding"])
+
+
+def pipeline(meta: dict, parent_tokens: int, budget: int) -> dict:
+    """Tokens and FLOPs of the whole P-R_N pipeline: parent pretraining + pruning + retraining N tokens."""
+    n_parent = flops_params(meta["shape"]["parent"], meta["params"]["parent"]["non_embedding"])
+    n_child = child_params(meta)
+    prune = prune_cost(meta)
+    parts = {"parent": train_flops(n_parent, parent_tokens), "prune": prune["flops"],
+             "retrain": train_flops(n_child, budget)}
+    return {"tokens": parent_tokens + prune["tokens"] + budget, "flops": sum(parts.values()),
+            "flops_parts": parts, "parent_params": n_parent, "child_params": n_child, "prune": prune}
+
+
+def setting3_tokens(meta: dict, parent_tokens: int, budget: int) -> int:
+    """Scratch tokens with the FLOPs of the P-R_N pipeline: ceil(pipeline FLOPs / (6 N_child))."""
+    return math.ceil(pipeline(meta, parent_tokens, budget)["flops"] / (6.0 * child_params(meta)))
+
+
+def setting3_record(pruned_dir: str | Path, parent_tokens: int, budget: int) -> dict:
+    meta_path = Path(pruned_dir) / "meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path}: no prune meta.json (run python -m pvs.prune first)")
+    meta = json.loads(meta_path.read_text())
+    return {"tokens": setting3_tokens(meta, parent_tokens, budget), "budget": budget,
+            "parent_tokens": parent_tokens, "pipeline": pipeline(meta, parent_tokens, budget),
+            "convention": CONVENTION, "pruned": str(pruned_dir)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    paragraphs = __doc__.split("\n\n")
+    parser = argparse.ArgumentParser(prog="python -m pvs.compute", description=paragraphs[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n\n".join(paragraphs[1:]))
+    parser.add_argument("--pruned", required=True, help="one-shot pruned model directory (has meta.json)")
+    parser.add_argument("--parent-tokens", required=True, help="the parent's pretraining tokens P, e.g. 800k")
+    parser.add_argument("--budget", required=True, help="the retraining budget N of the matched P-R_N, e.g. 200k")
+    parser.add_argument("--out", help="write the record as JSON here (default: print it)")
+    args = parser.parse_args(argv)
+    try:
+        record = setting3_record(args.pruned, parse_tokens(args.parent_tokens), parse_tokens(args.budget))
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    text = json.dumps(record, indent=2) + "\n"
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    print(text if not args.out else f"setting 3: {format_tokens(record['tokens'])} tokens -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,6 +10,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/parent.smk"
@@ -21,5 +24,5 @@ include: "workflow/rules/report.smk"
 
 rule all:
     input:
-        REPORT_OUTPUTS,
+        rules.report.output,
     default_target: True

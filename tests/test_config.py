@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from pvs.config import ConfigError, load_config, load_schema, validate_config
-from pvs.study import Run, runs
+from pvs.study import ARM_ORDER, Run, runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,11 +70,29 @@ def test_grid_of_the_default_study():
     cfg = load_config(ROOT / "config.yaml")
     grid = runs(cfg)
     methods, ratios = cfg["prune"]["methods"], cfg["prune"]["ratios"]
-    by_arm = {arm: [r for r in grid if r.arm == arm] for arm in ("parent", "pruned", "retrain", "scratch", "scratch_total")}
+    by_arm = {arm: [r for r in grid if r.arm == arm] for arm in ARM_ORDER}
     assert len(by_arm["parent"]) == 1 and len(by_arm["pruned"]) == len(methods) * len(ratios)
     extra_scaling = len(set(cfg["budgets"]["scaling"]) - {cfg["budgets"]["main"]})
     assert len(by_arm["retrain"]) == len(methods) * (len(ratios) + extra_scaling) == len(by_arm["scratch"])
     assert len(by_arm["scratch_total"]) == len(methods) * len(cfg["budgets"]["setting2_ratios"])
+    assert len(by_arm["scratch_flops"]) == len(methods) * len(cfg["budgets"]["setting3_ratios"]) > 0
     for run in grid:  # paths round-trip, so the evaluate rule can recover a run from its path
         assert Run.from_model_path(run.model_path) == run
     assert Run("scratch_total", "sparsegpt", 0.5, 250_000).train_tokens(1_000_000) == 1_250_000
+
+
+def test_seeds_replicate_setting1_at_the_main_budget():
+    raw = {"seed": 5, "seeds": 3, "prune": {"methods": ["sparsegpt"], "ratios": [0.5, 0.6]},
+           "budgets": {"main": "300k", "scaling": ["100k"], "scaling_ratio": 0.5, "setting2_ratios": [0.5]}}
+    grid = runs(validate_config(raw))
+    replicas = [r for r in grid if r.replica]
+    assert len(replicas) == 2 * 2 * 2                     # seeds 6 and 7 x (retrain, scratch) x two ratios
+    assert {r.budget for r in replicas} == {300_000} and {r.arm for r in replicas} == {"retrain", "scratch"}
+    run = Run("retrain", "sparsegpt", 0.5, 300_000, 2)
+    assert run.model_path == "models/retrain/sparsegpt/r0.5/N300k_seed2"
+    assert Run.from_model_path(run.model_path) == run
+    assert Run("scratch_flops", "sparsegpt", 0.5, 300_000).train_tokens(1_000_000) is None
+    with pytest.raises(ConfigError, match="budgets.setting3_ratios\\[0\\] = 0.7"):
+        validate_config({**raw, "budgets": {**raw["budgets"], "setting3_ratios": [0.7]}})
+    with pytest.raises(ConfigError, match="seeds = 0"):
+        validate_config({**raw, "seeds": 0})

@@ -122,3 +122,38 @@ def test_sparse_mask_holds_after_training(byte_splits, config_file, tmp_path, ar
         name = next(iter(masks))
         corr = torch.corrcoef(torch.stack([trained[name][masks[name]], start[name][masks[name]]]))[0, 1]
         assert abs(corr) < 0.5
+
+
+def test_window_order_is_a_seeded_permutation():
+    a, b = train.window_order(64, 0), train.window_order(64, 1)
+    assert sorted(a) == list(range(64)) and sorted(b) == list(range(64))   # every window once
+    assert list(a) != list(b) and list(a) == list(train.window_order(64, 0))
+
+
+def test_seeds_change_the_data_order_but_not_the_tokens(byte_splits, config_file, tmp_path):
+    parent = tmp_path / "parent"
+    run("parent", 1024, byte_splits, parent, config_file)
+    child = tmp_path / "child"
+    sparse_child(parent, child)
+    first = run("retrain", 1024, byte_splits, tmp_path / "s0", config_file, "--init", child, "--seed", "0")
+    again = run("retrain", 1024, byte_splits, tmp_path / "s0b", config_file, "--init", child, "--seed", "0")
+    other = run("retrain", 1024, byte_splits, tmp_path / "s1", config_file, "--init", child, "--seed", "1")
+    assert first["final_train_loss"] == again["final_train_loss"]              # a seed is reproducible
+    assert first["final_train_loss"] != other["final_train_loss"]              # another seed is another run
+    assert first["tokens_seen"] == other["tokens_seen"] == 1024
+
+
+def test_tokens_from_a_setting3_budget_file(byte_splits, config_file, tmp_path):
+    parent = tmp_path / "parent"
+    run("parent", 512, byte_splits, parent, config_file)
+    child = tmp_path / "child"
+    sparse_child(parent, child)
+    budget = tmp_path / "budget.json"
+    budget.write_text(json.dumps({"tokens": 700}))
+    argv = ["--arm", "scratch_flops", "--tokens-from", str(budget), "--data", str(byte_splits),
+            "--out", str(tmp_path / "sf"), "--config", str(config_file), "--init", str(child)]
+    meta = train.train(train.parse_args(argv), validate_config(yaml.safe_load(open(config_file))))
+    assert meta["tokens"] == 700 and meta["tokens_seen"] == 768                 # ceil(700 / 128) = 6 steps x 128
+    budget.write_text(json.dumps({"tokens": "lots"}))
+    with pytest.raises(ValueError, match="budget.json: needs a positive integer 'tokens'"):
+        train.train(train.parse_args(argv), validate_config(yaml.safe_load(open(config_file))))

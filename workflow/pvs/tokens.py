@@ -90,4 +90,4 @@ class TokenStream:
     def windows(self, indices, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
         """Inputs and next-token targets, each (len(indices), seq_len): window i starts at i * seq_len."""
         flat = np.stack([self.read(int(i) * seq_len, seq_len + 1) for i in indices])
-        return flat[:, :-1], flat[:, 1:]
+        return np.ascontiguousarray(flat[:, :-1]), np.ascontiguousarray(flat[:, 1:])

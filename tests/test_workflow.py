@@ -14,7 +14,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from pvs.budget import parse_tokens
 from pvs.prune.registry import GRANULARITY_ORDER, display_name
+from pvs.report import REPORT_FILES
+from pvs.study import ARM_ORDER
 
 ROOT = Path(__file__).resolve().parents[1]
 BLIMP = ROOT.parent / "shared" / "data" / "blimp"
@@ -32,8 +35,9 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M) if m.group(1) != "total"}
 
 
-def smoke_config(path: Path, prune: dict | None = None, **budgets) -> Path:
+def smoke_config(path: Path, prune: dict | None = None, top: dict | None = None, **budgets) -> Path:
     cfg = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
+    cfg.update(top or {})
     cfg["results_dir"] = "results"
     cfg["evaluate"]["blimp_dir"] = str(BLIMP) if BLIMP.is_dir() else None
     cfg["budgets"].update(budgets)
@@ -58,9 +62,11 @@ def test_smoke_study_writes_tables_and_figures(smoke_run):
     summary = pd.read_csv(results / "summary.csv")
     methods, ratios = cfg["prune"]["methods"], cfg["prune"]["ratios"]
     n_scaling_extra = len(set(cfg["budgets"]["scaling"]) - {cfg["budgets"]["main"]})
-    expected = 1 + len(methods) * (len(ratios) * 3 + 2 * n_scaling_extra + len(cfg["budgets"]["setting2_ratios"]))
+    per_ratio = 1 + 2 * cfg["seeds"]                     # one-shot + (P-R_N, S_N) per seed at the main budget
+    settings23 = len(cfg["budgets"]["setting2_ratios"]) + len(cfg["budgets"]["setting3_ratios"])
+    expected = 1 + len(methods) * (len(ratios) * per_ratio + 2 * n_scaling_extra + settings23)
     assert len(summary) == expected
-    assert set(summary["arm"]) == {"parent", "pruned", "retrain", "scratch", "scratch_total"}
+    assert set(summary["arm"]) == set(ARM_ORDER) and set(summary.seed) == set(range(cfg["seeds"]))
     assert summary["val_loss"].notna().all() and (summary["val_loss"] < 10).all()
     parent_loss = summary.loc[summary.arm == "parent", "val_loss"].item()
     # pruning one-shot hurts; retraining recovers part of it
@@ -70,12 +76,38 @@ def test_smoke_study_writes_tables_and_figures(smoke_run):
                             & (summary.budget == summary.budget.max())]
         assert pruned.val_loss.item() >= parent_loss - 0.05
         assert retrained.val_loss.item() < pruned.val_loss.item()
-    for table in ("setting1.md", "setting2.md"):
+    for table in ("setting1.md", "setting2.md", "setting3.md", "main.md", "main.tex"):
         text = (results / "tables" / table).read_text()
         assert all(display_name(m) in text for m in methods), table
-    for figure in ("loss_vs_tokens.png", "setting2.png"):
-        assert (results / "figures" / figure).stat().st_size > 10_000
+    assert " ± " in (results / "tables" / "main.md").read_text()          # two seeds at the main budget
+    for name in REPORT_FILES.values():
+        assert (results / name).stat().st_size > 300, name
+        if name.endswith(".png"):
+            assert (results / name).with_suffix(".pdf").read_bytes().startswith(b"%PDF"), name
+    flops = summary[summary.arm == "scratch_flops"]
+    assert len(flops) == len(methods) and (flops.train_tokens > parse_tokens(cfg["budgets"]["main"])).all()
+    retrain = summary[(summary.arm == "retrain") & summary.method.isin(flops.method) & (summary.ratio == 0.5)
+                      & (summary.budget == flops.budget.iloc[0]) & (summary.seed == 0)].set_index("method")
+    for row in flops.itertuples():   # S_F gets (at least) the FLOPs of the whole P-R_N pipeline
+        assert 1.0 <= row.train_flops / retrain.loc[row.method, "pipeline_flops"] < 1.01, row.method
+    findings = (results / "findings.md").read_text()
+    assert all(f"| F{k}:" in findings for k in range(1, 6)) and "Scale caveat" in findings
     assert (results / "logs" / "train" / "parent.log").exists()
+
+
+def test_snakemake_report_renders_captions_and_labels(smoke_run):
+    workdir, config = smoke_run
+    result = snakemake(workdir, config, "--report", "report.zip")
+    assert result.returncode == 0, result.stderr[-3000:]
+    import zipfile
+    with zipfile.ZipFile(workdir / "report.zip") as archive:
+        names = archive.namelist()
+        text = "".join(archive.read(n).decode("utf-8", "ignore") for n in names if n.endswith((".html", ".js")))
+    assert sum(n.endswith(".png") for n in names) >= 6 and any(n.endswith("findings.md") for n in names)
+    for caption in ("Figure 1 (left), setting 1", "Figure 1 (right), setting 2", "Gap heatmap", "Main table",
+                    "Findings."):
+        assert caption in text, caption
+    assert "granularity" in text and "coarse → fine" in text
 
 
 def test_second_run_does_nothing(smoke_run):
@@ -100,7 +132,7 @@ def test_all_six_methods_run_through_the_dag(smoke_run):
     """Every registered method at r = 0.5 (main budget, setting 2), reusing the smoke study's data and parent."""
     workdir, _ = smoke_run
     config = smoke_config(workdir / "six.yaml", prune={"methods": list(GRANULARITY_ORDER), "ratios": [0.5]},
-                          scaling=["20k"], setting2_ratios=[0.5])
+                          top={"seeds": 1}, scaling=["20k"], setting2_ratios=[0.5], setting3_ratios=[])
     dry = snakemake(workdir, config, "-n")
     assert dry.returncode == 0, dry.stderr[-3000:]
     new = len(set(GRANULARITY_ORDER) - set(yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())["prune"]["methods"]))

@@ -46,17 +46,20 @@ class Finding:
 
 @dataclass
 class Scale:
-    """What a caveat needs to know about this run's scale."""
+    """What a caveat needs to know about this run's scale (parameters as in pvs.compute)."""
     parent_params: float
+    child_params: float               # median over the S_{P+N} runs
     parent_tokens: int
     main: int
     budgets: tuple[int, ...]
     ratios: tuple[float, ...]
 
     @classmethod
-    def of(cls, grid: Grid, parent: pd.Series | None) -> "Scale":
+    def of(cls, grid: Grid, runs: pd.DataFrame, parent: pd.Series | None) -> "Scale":
         params = float("nan") if parent is None or "flops_params" not in parent else parent["flops_params"]
-        return cls(params, grid.parent_tokens, grid.main, grid.scaling, grid.ratios)
+        children = runs.loc[runs.arm == "scratch_total", "flops_params"] if "flops_params" in runs else pd.Series()
+        return cls(params, children.median() if len(children) else float("nan"), grid.parent_tokens, grid.main,
+                   grid.scaling, grid.ratios)
 
     def parent_text(self) -> str:
         size = "a parent of unknown size" if pd.isna(self.parent_params) else \
@@ -64,6 +67,14 @@ class Scale:
         return (f"{size} pretrained on P = {format_tokens(self.parent_tokens)} tokens and N = "
                 f"{format_tokens(self.main)} ({self.main / self.parent_tokens:.0%} of P), against the paper's 8B "
                 "parent on 200B tokens and N = 50B (25% of P)")
+
+
+def approx_tokens(n: float) -> str:
+    """A token count to three significant digits: 203268 -> '203k', 1635166 -> '1.64M'."""
+    for suffix, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return f"{n:.0f}"
 
 
 def _d(x: float) -> str:
@@ -161,14 +172,13 @@ def f4_equal_total_tokens(s2: pd.DataFrame, scale: Scale, tolerance: float) -> F
             evidence.append(f"r={ratio:g}: rank correlation of granularity (coarse → fine) with Δ loss = "
                             f"{rank.corr(rows.delta_loss, method='spearman'):+.2f}")
     verdict = TOO_FEW if not checks else (HOLDS if all(checks) else FAILS)
-    tokens_per_param = (scale.parent_tokens + scale.main) / (scale.parent_params / 2) if pd.notna(
-        scale.parent_params) else float("nan")
+    tokens_per_param = (scale.parent_tokens + scale.main) / scale.child_params
     return Finding("F4", "At equal total tokens, fine-grained pruning keeps an advantage while coarse structured "
                    "pruning is matched or beaten by S_{P+N}",
                    "avg acc P200-R50 vs S250 at r = 0.5: Minitron-Depth 64.4 vs 66.2, Sheared-LLaMA 65.9 vs 65.3, "
                    "SparseGPT 2:4 66.7 vs 67.1, SparseGPT 67.5 vs 66.3; Minitron-Depth val loss P200-R50 2.54, "
                    "S250 2.49.", verdict, evidence,
-                   f"S_{{P+N}} sees about {tokens_per_param:.1f} tokens per child parameter here against about 55 "
+                   f"S_{{P+N}} sees about {tokens_per_param:.2g} tokens per child parameter here against about 55 "
                    f"for the paper's 4.5B child on 250B tokens; {scale.parent_text()}.",
                    f"holds if, at every setting-2 ratio, SparseGPT (unstructured) has Δ loss > {tolerance:g} and "
                    f"Minitron-Depth has Δ loss ≤ {tolerance:g} (report.match_tolerance), for those of the two "
@@ -178,7 +188,7 @@ def f4_equal_total_tokens(s2: pd.DataFrame, scale: Scale, tolerance: float) -> F
 def f5_equal_flops(s3: pd.DataFrame, scale: Scale, configured: bool) -> Finding:
     pairs = s3.dropna(subset=["delta_loss"])
     evidence = [f"{display_name(r.method)} r={r.ratio:g}: P-R_N {r.retrain_loss:.3f} vs S_F {r.scratch_flops_loss:.3f} "
-                f"on {format_tokens(int(round(r.scratch_flops_tokens))) if pd.notna(r.scratch_flops_tokens) else '–'} "
+                f"on {approx_tokens(r.scratch_flops_tokens) if pd.notna(r.scratch_flops_tokens) else '–'} "
                 f"tokens, Δ {_d(r.delta_loss)} ({_pp(r.delta_acc)})" for r in pairs.itertuples()]
     if not configured:
         verdict, evidence = TOO_FEW, ["setting 3 is off (budgets.setting3_ratios is empty)"]
@@ -192,8 +202,9 @@ def f5_equal_flops(s3: pd.DataFrame, scale: Scale, configured: bool) -> Finding:
                    "holds if P-R_N has Δ loss > 0 against S_F at every setting-3 point that has both runs.")
 
 
-def findings(s1, scaling, s2, s3, grid: Grid, parent: pd.Series | None, tolerance: float) -> list[Finding]:
-    scale = Scale.of(grid, parent)
+def findings(s1, scaling, s2, s3, grid: Grid, runs: pd.DataFrame, parent: pd.Series | None,
+             tolerance: float) -> list[Finding]:
+    scale = Scale.of(grid, runs, parent)
     return [f1_equal_tokens(s1, scale), f2_narrows_with_tokens(scaling, grid, scale),
             f3_narrows_with_ratio(s1, scale), f4_equal_total_tokens(s2, scale, tolerance),
             f5_equal_flops(s3, scale, bool(grid.setting3_ratios))]

@@ -268,7 +268,7 @@ def build_report(cfg: dict, records: list[dict], out_dir: str | os.PathLike, dpi
     paths = {name: out / rel for name, rel in REPORT_FILES.items()}
     _write_tables(paths, summary, runs, grid, parent, t, labels)
     _draw_figures(paths, runs, grid, parent, t, labels, dpi)
-    items = findings.findings(t["setting1"], t["scaling"], t["setting2"], t["setting3"], grid, parent,
+    items = findings.findings(t["setting1"], t["scaling"], t["setting2"], t["setting3"], grid, runs, parent,
                               cfg["report"]["match_tolerance"])
     atomic_write_text(paths["findings"], findings.findings_markdown(items, grid))
     return paths

@@ -22,6 +22,14 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# cheap jobs run on the submitting host, never queued on a cluster
+localrules:
+    all,
+    eval_tasks,
+    setting3_budget,
+    report,
+
+
 rule all:
     input:
         rules.report.output,

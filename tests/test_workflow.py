@@ -170,3 +170,33 @@ def test_flap_bias_compensation_beats_none_on_the_smoke_parent(smoke_run):
                                            {"flap_bias_compensation": comp, "seed": 0}).model, val)
                   for comp in (True, False)}
         assert losses[True] < losses[False] - 0.01, (ratio, losses)
+
+
+def test_slurm_profile_submits_one_task_per_job_with_the_rules_resources(smoke_run, tmp_path):
+    """The smoke study's next jobs through `--workflow-profile profiles/slurm` against the stand-in sbatch,
+    squeue and sacct of tests/slurm_standin (they run each job here and record its sbatch options)."""
+    import os
+
+    workdir, _ = smoke_run
+    config = smoke_config(workdir / "slurm.yaml", prune={"methods": ["sparsegpt"], "ratios": [0.5]},
+                          top={"seeds": 1}, scaling=["20k"], setting2_ratios=[], setting3_ratios=[])
+    env = {**os.environ, "PATH": f"{ROOT / 'tests' / 'slurm_standin'}{os.pathsep}{os.environ['PATH']}",
+           "FAKE_SLURM_DIR": str(tmp_path / "slurm")}
+    targets = ["results/models/retrain/sparsegpt/r0.5/N15k", "results/eval/retrain/sparsegpt/r0.5/N15k.json"]
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(config), "--workflow-profile", str(ROOT / "profiles" / "slurm"),
+           "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1", *targets]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    submitted = {json.loads(line)["argv"][json.loads(line)["argv"].index("--comment") + 1]: json.loads(line)["argv"]
+                 for line in (tmp_path / "slurm" / "submissions.jsonl").read_text().splitlines()}
+    train = next(argv for name, argv in submitted.items() if name.startswith("rule_train_child"))
+    evaluate = next(argv for name, argv in submitted.items() if name.startswith("rule_evaluate"))
+    assert len(submitted) == 2                                          # local rules are not queued
+    for argv in (train, evaluate):
+        text = " ".join(argv)
+        assert "-p gpu" in text and "-A my_account" in text and "--requeue" in text     # from the profile only
+        assert "--ntasks-per-gpu" not in text                          # one task per job, torchrun inside
+    assert "--gpus=8" in train and "--cpus-per-task=64" in train and " ".join(train).count("--mem 960000") == 1
+    assert "--gpus=1" in evaluate and "--cpus-per-task=8" in evaluate and "-t" in evaluate
+    assert (workdir / targets[1]).is_file()

@@ -169,10 +169,11 @@ def separator_lm(model, tokenizer, batch_size: int, separator_id: int):
 
 
 def top_level_tasks(task_manager, primary: dict[str, str], task_dir: Path) -> list[str]:
-    """Names of tasks.json to hand to lm-eval: groups and the tasks that are in no listed group."""
+    """Names to hand to lm-eval: groups and the tasks that are in no listed group."""
     missing = [name for name in primary if name not in task_manager.all_tasks]
     if missing:
-        raise FileNotFoundError(f"tasks {missing} of {task_dir / 'tasks.json'} have no YAML under {task_dir}")
+        raise FileNotFoundError(f"tasks {missing} are neither in {task_dir / 'tasks.json'} (with a YAML under "
+                                f"{task_dir}) nor lm-eval registry tasks (evaluate.hub_tasks)")
     members = {t for g in primary if g in task_manager.all_groups for t in task_manager.task_index[g].cfg["task"]}
     return [name for name in primary if name not in members]
 
@@ -203,18 +204,21 @@ def quiet_lm_eval() -> None:
 
 
 def run_lmeval(model, tokenizer, task_dir: Path, batch_size: int, limit: int | None,
-               separator_id: int) -> tuple[dict, dict]:
-    """lmeval/<task> and lmeval/avg (metrics) plus every number lm-eval reported per task (detail)."""
+               separator_id: int, hub_tasks: dict[str, str] | None = None) -> tuple[dict, dict]:
+    """lmeval/<task> and lmeval/avg (metrics) plus every number lm-eval reported per task (detail).
+
+    The tasks are the local ones of ``task_dir/tasks.json`` plus ``hub_tasks`` ({lm-eval task name: metric},
+    zero-shot; their datasets come from the hub, so they need network or a filled HF cache)."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
     quiet_lm_eval()
-    primary = json.loads((task_dir / "tasks.json").read_text())
-    task_manager = TaskManager(include_path=str(task_dir), include_defaults=False)
+    primary = {**json.loads((task_dir / "tasks.json").read_text()), **(hub_tasks or {})}
+    task_manager = TaskManager(include_path=str(task_dir), include_defaults=bool(hub_tasks))
     top = top_level_tasks(task_manager, primary, task_dir)
     lm = separator_lm(model, tokenizer, batch_size, separator_id)
     results = simple_evaluate(model=lm, tasks=top, task_manager=task_manager, limit=limit, bootstrap_iters=0,
-                              log_samples=False)
+                              log_samples=False, num_fewshot=0)
     reported = {**results.get("results", {}), **results.get("groups", {})}
     counts = results.get("n-samples", {})
     detail = {}
@@ -245,7 +249,7 @@ def evaluate(args: argparse.Namespace, cfg: dict) -> dict:
     windows = args.val_windows if args.val_windows is not None else cfg["evaluate"]["val_windows"]
     seq_len = cfg["train"]["seq_len"]
 
-    model = load_model(model_dir, device).eval()
+    model = load_model(model_dir, device, getattr(torch, cfg["evaluate"]["dtype"])).eval()
     tokenizer = load_tokenizer(tokenizer_dir(model_dir, data_dir))
     masks = load_masks(model_dir)
     separator_id = read_manifest(data_dir).get("eos_id", tokenizer.eos_token_id)
@@ -254,7 +258,8 @@ def evaluate(args: argparse.Namespace, cfg: dict) -> dict:
              metrics["val_ppl"], val_detail["windows"], seq_len, time.time() - t0)
     detail = {}
     if run_lm:
-        lm_metrics, detail = run_lmeval(model, tokenizer, task_dir, batch_size, args.limit, separator_id)
+        lm_metrics, detail = run_lmeval(model, tokenizer, task_dir, batch_size, args.limit, separator_id,
+                                        cfg["evaluate"]["hub_tasks"])
         metrics.update(lm_metrics)
         log.info("lm-eval avg %.4f over %s, %.1fs", lm_metrics["lmeval/avg"], task_dir, time.time() - t0)
     train_meta = read_json_or_none(model_dir / "train_meta.json")

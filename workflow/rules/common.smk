@@ -11,6 +11,7 @@ from pvs.config import ConfigError, validate_config, write_resolved_config
 from pvs.prune.registry import method_options
 from pvs.study import TRAINED_ARMS, Run, canonical_budget, runs
 from pvs.budget import format_tokens, parse_tokens
+from pvs.resources import child_params, job_resources, parent_params
 
 try:
     config = validate_config(config)
@@ -56,3 +57,23 @@ def child_tokens_arg(wildcards):
 
 def child_seed(wildcards):
     return config["seed"] + child_run(wildcards).replica
+
+
+# ---------------------------------------------------------------- cluster resources (pvs.resources)
+
+def _resources(stage, size_and_tokens=lambda wildcards: (None, None)):
+    """Snakemake resources of a stage: each a function of the job's wildcards and attempt."""
+    def one(key):
+        return lambda wildcards, attempt: job_resources(config, stage, *size_and_tokens(wildcards), attempt)[key]
+    return {key: one(key) for key in ("gpu", "cpus_per_task", "mem_mb", "runtime")}
+
+
+def _child_size_and_tokens(wildcards):
+    run = child_run(wildcards)
+    return child_params(config, run.ratio), run.train_tokens(PARENT_TOKENS) or PARENT_TOKENS + run.budget
+
+
+PARENT_RESOURCES = _resources("parent", lambda wildcards: (parent_params(config), PARENT_TOKENS))
+CHILD_RESOURCES = _resources("child", _child_size_and_tokens)
+PRUNE_RESOURCES = _resources("prune")
+EVALUATE_RESOURCES = _resources("evaluate")

@@ -11,7 +11,9 @@ rule prepare_data:
         data=config["data"],
         seed=config["seed"],
         tokenizer=(
-            f"--tokenizer {config['parent']['pretrained']}"
+            f"--tokenizer {config['data']['tokenizer']}"
+            if config["data"]["tokenizer"]
+            else f"--tokenizer {config['parent']['pretrained']}"
             if config["parent"]["source"] == "pretrained"
             else ""
         ),
@@ -19,7 +21,7 @@ rule prepare_data:
         f"{R}/logs/data/prepare_data.log",
     benchmark:
         f"{R}/benchmarks/data/prepare_data.tsv"
-    threads: workflow.cores
+    threads: 16  # capped at --cores locally
     shell:
         f"{PY} -m pvs.data --config {CONFIG} --out {R}/data --cache {R}/downloads {{params.tokenizer}} > {{log}} 2>&1"
 

@@ -25,6 +25,8 @@ rule evaluate:
         f"{R}/benchmarks/eval/{{model}}.tsv"
     wildcard_constraints:
         model="parent|pruned/.+|(" + "|".join(TRAINED_ARMS) + ")/.+",
+    resources:
+        **EVALUATE_RESOURCES,
     threads: config["threads_per_job"]
     shell:
         f"{PY} -m pvs.evaluate --model {{input.model}} --data {R}/data --tasks {{input.tasks}} --out {{output}}"

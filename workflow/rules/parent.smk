@@ -19,7 +19,9 @@ if config["parent"]["source"] == "train":
             f"{R}/logs/train/parent.log",
         benchmark:
             f"{R}/benchmarks/train/parent.tsv"
-        threads: workflow.cores
+        resources:
+            **PARENT_RESOURCES,
+        threads: 16  # capped at --cores locally
         shell:
             f"{PY} -m pvs.train --arm parent --tokens {{params.tokens}} --data {R}/data --out {{output}}"
             f" --ckpt {R}/ckpt/parent --config {CONFIG} --threads {{threads}} > {{log}} 2>&1"

@@ -15,6 +15,8 @@ rule prune:
         f"{R}/logs/prune/{{method}}/r{{ratio}}.log",
     benchmark:
         f"{R}/benchmarks/prune/{{method}}/r{{ratio}}.tsv"
+    resources:
+        **PRUNE_RESOURCES,
     threads: config["threads_per_job"]
     shell:
         f"{PY} -m pvs.prune --method {{wildcards.method}} --ratio {{wildcards.ratio}} --model {{input.parent}}"

@@ -30,6 +30,8 @@ rule train_child:
         f"{R}/logs/train/{{arm}}/{{method}}/r{{ratio}}/N{{budget}}{{replica}}.log",
     benchmark:
         f"{R}/benchmarks/train/{{arm}}/{{method}}/r{{ratio}}/N{{budget}}{{replica}}.tsv"
+    resources:
+        **CHILD_RESOURCES,
     threads: config["threads_per_job"]
     shell:
         f"{PY} -m pvs.train --arm {{wildcards.arm}} {{params.tokens}} --seed {{params.seed}} --init {{input.init}}"

@@ -75,8 +75,8 @@ def calibration_window_count(method: Method, options: dict) -> int:
 def method_calibration(method: Method, data: str, options: dict) -> torch.Tensor:
     """The calibration windows ``method`` gets from DATA/calib.bin (mask learning: at most the whole split)."""
     count = calibration_window_count(method, options)
-    return calibration_windows(data, count, options["calib_seq_len"], options["seed"],
-                               at_most=count > options["calib_windows"])
+    seq_len = options.get(f"{method.name}_calib_seq_len") or options["calib_seq_len"]
+    return calibration_windows(data, count, seq_len, options["seed"], at_most=count > options["calib_windows"])
 
 
 def run(args: argparse.Namespace, cfg: dict, options: dict) -> dict:

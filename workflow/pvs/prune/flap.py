@@ -36,6 +36,8 @@ from pvs.prune.structured import (add_to_bias_, calibration_forward, head_dim_of
 OPTIONS = {
     "flap_bias_compensation": (True, "FLAP: add the removed channels' mean contribution as a bias on o_proj / "
                                      "down_proj (the child gets attention_bias and mlp_bias)."),
+    "flap_calib_seq_len": (None, "FLAP: tokens per calibration window (null: calib_seq_len; the paper: 128 "
+                                 "windows x 128 tokens for FLAP against 8192 for the others)."),
 }
 
 

@@ -1,0 +1,63 @@
+"""The paper-scale configuration: the full grid's DAG without network, and the cluster resources of its jobs."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pvs import resources
+from pvs.config import load_config, validate_config
+from pvs.modeling import count_params, llama_config
+from transformers import LlamaForCausalLM
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_block_params_match_a_real_llama():
+    arch = {"hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 3, "num_attention_heads": 8,
+            "num_key_value_heads": 2, "max_position_embeddings": 64}
+    cfg = validate_config({"parent": {"arch": arch}, "data": {"vocab_size": 300}, "prune": {"methods": ["sparsegpt"]}})
+    model = LlamaForCausalLM(llama_config(cfg["parent"]["arch"], 300, 0, 0))
+    counts = count_params(model)
+    assert resources.block_params(cfg["parent"]["arch"]) == counts["non_embedding"]
+    assert resources.parent_params(cfg) == counts["non_embedding"] + 300 * 64          # + LM head
+
+
+def test_paper_grid_resources_scale_with_size_and_budget():
+    cfg = load_config(ROOT / "configs" / "paper.yaml")
+    assert 7.4e9 < resources.parent_params(cfg) < 7.6e9        # Llama-3.1-8B without its input embedding
+    hours = resources.gpu_hours(cfg, resources.child_params(cfg, 0.5), 50 * 10**9)
+    assert hours == pytest.approx(6 * resources.child_params(cfg, 0.5) * 50e9 / (9.89e14 * 0.4) / 3600)
+    small = resources.job_resources(cfg, "child", resources.child_params(cfg, 0.8), 10**9)
+    big = resources.job_resources(cfg, "child", resources.child_params(cfg, 0.5), 10 * 10**9)
+    assert small["runtime"] < big["runtime"] <= cfg["cluster"]["max_runtime_min"]
+    assert resources.job_resources(cfg, "parent", resources.parent_params(cfg), 200 * 10**9)["runtime"] == 2880
+    assert big["gpu"] == 8 and big["cpus_per_task"] == 64 and resources.job_resources(cfg, "prune")["gpu"] == 1
+    retry = resources.job_resources(cfg, "evaluate", attempt=2)
+    assert retry["mem_mb"] == 2 * resources.job_resources(cfg, "evaluate")["mem_mb"]
+
+
+def test_paper_dry_run_lists_the_whole_grid_fast_and_offline(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "NO_PROXY": "*",
+           "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}       # any hub call would fail
+    start = time.time()
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", "configs/paper.yaml",
+                             "--directory", str(ROOT)], cwd=ROOT, capture_output=True, text=True, env=env,
+                            timeout=120)
+    seconds = time.time() - start
+    assert result.returncode == 0, result.stderr[-3000:]
+    block = result.stdout.split("Job stats:")[1].split("\n\n")[0]
+    counts = {line.split()[0]: int(line.split()[1]) for line in block.splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    cfg = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())
+    methods, ratios = len(cfg["prune"]["methods"]), len(cfg["prune"]["ratios"])
+    assert counts["prune"] == methods * ratios == 24
+    # setting 1 at 4 ratios (2 arms) + 4 extra scaling budgets at 0.5 (2 arms) + S_{P+N} at 0.5
+    assert counts["train_child"] == methods * (2 * ratios + 2 * 4 + 1) == 102
+    assert counts["evaluate"] == 1 + 24 + 102 and counts["train_parent"] == 1
+    assert seconds < 10, seconds

@@ -1,0 +1,96 @@
+"""Cluster resources of each job, from the model's size and the job's token budget (config ``cluster``).
+
+The rules attach these as Snakemake resources; a local run ignores them, the SLURM profile
+(profiles/slurm) turns them into sbatch options: ``gpu`` -> --gpus, ``cpus_per_task`` (cpus_per_gpu x
+GPUs: one task per job), ``mem_mb`` -> --mem, ``runtime`` -> -t (minutes). A training job's runtime is its FLOPs (6·N·D, pvs.compute) at the configured
+per-GPU peak and MFU, with a safety factor, clipped to ``cluster.max_runtime_min``: a longer run is cut
+by the time limit and continues from its checkpoint when Snakemake retries it (profile ``retries``).
+
+    python -m pvs.resources configs/paper.yaml     # the resources of every job of a study, as a table
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from pvs.budget import parse_tokens
+
+
+def block_params(arch: dict) -> int:
+    """Non-embedding parameters of a Llama of shape ``arch`` (attention with GQA, SwiGLU MLP, two norms)."""
+    h, heads, kv = arch["hidden_size"], arch["num_attention_heads"], arch["num_key_value_heads"]
+    d = arch.get("head_dim") or h // heads
+    per_layer = 2 * h * heads * d + 2 * h * kv * d + 3 * h * arch["intermediate_size"] + 2 * h
+    return arch["num_hidden_layers"] * per_layer
+
+
+def parent_params(cfg: dict) -> int:
+    """6·N·D's N of the configured parent: blocks + LM head (vocab x hidden)."""
+    arch = cfg["parent"]["arch"]
+    return block_params(arch) + cfg["data"]["vocab_size"] * arch["hidden_size"]
+
+
+def child_params(cfg: dict, ratio: float) -> int:
+    arch = cfg["parent"]["arch"]
+    return round(block_params(arch) * (1 - ratio)) + cfg["data"]["vocab_size"] * arch["hidden_size"]
+
+
+def gpu_hours(cfg: dict, params: int, tokens: int) -> float:
+    """Expected GPU-hours of training on ``tokens``: 6·N·D at the configured peak FLOP/s and MFU."""
+    return 6.0 * params * tokens / (cfg["cluster"]["gpu_peak_flops"] * cfg["cluster"]["mfu"]) / 3600
+
+
+def train_minutes(cfg: dict, params: int, tokens: int, gpus: int) -> int:
+    """Wall minutes of a training job at the configured peak FLOP/s and MFU (x safety), clipped."""
+    cluster = cfg["cluster"]
+    seconds = 6.0 * params * tokens / (max(1, gpus) * cluster["gpu_peak_flops"] * cluster["mfu"])
+    minutes = math.ceil(seconds * cluster["runtime_safety"] / 60) + cluster["min_runtime_min"]
+    return min(minutes, cluster["max_runtime_min"])
+
+
+def job_resources(cfg: dict, stage: str, params: int | None = None, tokens: int | None = None,
+                  attempt: int = 1) -> dict:
+    """Resources of one job of ``stage`` (parent, child, prune, evaluate); memory grows with each retry."""
+    cluster = cfg["cluster"]
+    gpus = cluster["gpus"][stage]
+    minutes = cluster["min_runtime_min"] if tokens is None else train_minutes(cfg, params, tokens, gpus)
+    if stage in ("prune", "evaluate"):
+        minutes = cluster["stage_runtime_min"][stage]
+    return {"gpu": gpus, "cpus_per_task": cluster["cpus_per_gpu"] * max(1, gpus),
+            "mem_mb": cluster["mem_mb_per_gpu"] * max(1, gpus) * attempt, "runtime": minutes * attempt}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pvs.config import load_config
+    from pvs.study import runs
+
+    parser = argparse.ArgumentParser(prog="python -m pvs.resources", description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="study config (YAML)")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config)
+    parent_tokens = parse_tokens(cfg["parent"]["tokens"])
+    print("job\tgpus\tmem_mb\ttime_limit_min\texpected_gpu_hours")
+    totals: dict[str, float] = {}
+    for run in runs(cfg):
+        if run.arm == "parent":
+            params, tokens, stage = parent_params(cfg), parent_tokens, "parent"
+        elif run.arm == "pruned":
+            params, tokens, stage = None, None, "prune"
+        else:
+            params, stage = child_params(cfg, run.ratio), "child"
+            tokens = run.train_tokens(parent_tokens) or parent_tokens + run.budget   # S_F: about P·N_P/N_c
+        res = job_resources(cfg, stage, params, tokens)
+        hours = gpu_hours(cfg, params, tokens) if tokens else res["gpu"] * res["runtime"] / 60
+        totals[run.arm] = totals.get(run.arm, 0.0) + hours
+        print(f"{run.model_path}\t{res['gpu']}\t{res['mem_mb']}\t{res['runtime']}\t{hours:.0f}")
+    evals = len(runs(cfg)) * cfg["cluster"]["gpus"]["evaluate"] * cfg["cluster"]["stage_runtime_min"]["evaluate"] / 60
+    totals["evaluate (time limits)"] = evals
+    summary = ", ".join(f"{arm} {hours:,.0f}" for arm, hours in totals.items())
+    print(f"# expected GPU-hours by arm (6·N·D at MFU {cfg['cluster']['mfu']:g}; prune and evaluate: their time "
+          f"limits): {summary}; total {sum(totals.values()):,.0f}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

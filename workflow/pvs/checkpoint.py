@@ -9,6 +9,8 @@ A run's checkpoint directory holds one folder per saved step and a pointer to th
 
 A job killed while saving leaves a step folder that ``latest`` does not name yet; the previous checkpoint
 stays the one that is resumed. Older step folders are deleted once ``latest`` points past them.
+Under FSDP2 (pvs.distributed) the tensors are gathered in full and rank 0 writes them, so a checkpoint
+looks the same whatever the number of processes that wrote or resume it.
 """
 from __future__ import annotations
 
@@ -59,13 +61,24 @@ def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def save(ckpt_dir: str | os.PathLike, model, optimizer, state: dict) -> None:
-    """Write a complete checkpoint for ``state['step']`` and make it the latest."""
-    ckpt_dir = Path(ckpt_dir)
+def save(ckpt_dir: str | os.PathLike, model, optimizer, state: dict, ctx=None) -> None:
+    """Write a complete checkpoint for ``state['step']`` and make it the latest (rank 0 when sharded)."""
+    if ctx is not None and ctx.sharded:
+        from torch import distributed as dist
+
+        from pvs import distributed
+        model_state, optim = distributed.full_model_state(model), distributed.full_optimizer_tensors(model, optimizer)
+        if ctx.main:
+            _write(Path(ckpt_dir), model_state, optim, state)
+        dist.barrier()
+        return
+    _write(Path(ckpt_dir), model.state_dict(), optimizer_tensors(model, optimizer), state)
+
+
+def _write(ckpt_dir: Path, model_state: dict, optim: dict, state: dict) -> None:
     step_dir = ckpt_dir / f"step-{int(state['step']):06d}"
     step_dir.mkdir(parents=True, exist_ok=True)
-    parts = {"model.safetensors": model.state_dict(), "optimizer.safetensors": optimizer_tensors(model, optimizer),
-             "rng.safetensors": rng_tensors()}
+    parts = {"model.safetensors": model_state, "optimizer.safetensors": optim, "rng.safetensors": rng_tensors()}
     for name, tensors in parts.items():
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(step_dir / name))
     (step_dir / STATE).write_text(json.dumps(state))
@@ -91,13 +104,18 @@ def load_state(ckpt_dir: str | os.PathLike) -> dict | None:
     return None if step_dir is None else json.loads((step_dir / STATE).read_text())
 
 
-def restore(ckpt_dir: str | os.PathLike, model, optimizer) -> dict:
+def restore(ckpt_dir: str | os.PathLike, model, optimizer, ctx=None) -> dict:
     """Load model, optimizer and RNG from the latest complete checkpoint; returns its state dict."""
     step_dir = _latest_dir(ckpt_dir)
     if step_dir is None:
         raise FileNotFoundError(f"no complete checkpoint in {ckpt_dir}")
-    device = str(next(model.parameters()).device)
-    model.load_state_dict(load_file(str(step_dir / "model.safetensors"), device=device))
-    load_optimizer_tensors(model, optimizer, load_file(str(step_dir / "optimizer.safetensors")))
+    if ctx is not None and ctx.sharded:
+        from pvs import distributed
+        distributed.load_full_state(model, optimizer, load_file(str(step_dir / "model.safetensors")),
+                                    load_file(str(step_dir / "optimizer.safetensors")))
+    else:
+        device = str(next(model.parameters()).device)
+        model.load_state_dict(load_file(str(step_dir / "model.safetensors"), device=device))
+        load_optimizer_tensors(model, optimizer, load_file(str(step_dir / "optimizer.safetensors")))
     restore_rng(load_file(str(step_dir / "rng.safetensors")))
     return json.loads((step_dir / STATE).read_text())

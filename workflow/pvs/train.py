@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pvs import checkpoint
+from pvs import checkpoint, distributed
 from pvs.budget import format_tokens, parse_tokens, steps_for_budget
 from pvs.config import load_config, validate_config
 from pvs.modeling import (apply_masks_, count_params, init_weights_, llama_config, load_masks, load_model,
@@ -139,85 +139,153 @@ class MetricsLog:
 
 
 def train(args: argparse.Namespace, cfg: dict) -> dict:
+    """One training run; under torchrun (WORLD_SIZE > 1) data-parallel with FSDP2 (pvs.distributed)."""
+    ctx = distributed.setup(args.device or cfg["device"])
+    try:
+        return _train(args, cfg, ctx)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _say(ctx: distributed.Dist, text: str) -> None:
+    if ctx.main:
+        print(text, file=sys.stderr)
+
+
+def _batch_geometry(recipe: dict, ctx: distributed.Dist) -> tuple[int, int]:
+    """Windows per rank per step and per micro-batch (gradient accumulation up to the global batch)."""
+    batch = recipe["batch_size"]
+    if batch % ctx.world:
+        raise ValueError(f"train.batch_size = {batch} is not divisible by the {ctx.world} processes")
+    local = batch // ctx.world
+    micro = min(recipe["micro_batch_size"] or local, local)
+    if local % micro:
+        raise ValueError(f"train.micro_batch_size = {micro} does not divide the {local} windows per process")
+    return local, micro
+
+
+def _prepare_model(args, cfg, ctx, arm, manifest, seed, device):
+    """The starting model on ``device`` (sharded under torchrun), its masks (as the parameters) and dense masks."""
+    recipe = cfg["train"]
+    torch.manual_seed(seed)
+    model, masks = build_model(arm, args.init, cfg, manifest["vocab_size"], manifest["eos_id"], seed)
+    model.to(device).train()
+    apply_masks_(model, masks)
+    if ctx.sharded:
+        distributed.shard(model, bf16=recipe["precision"] == "bf16" and device.type == "cuda",
+                          activation_checkpointing=recipe["activation_checkpointing"])
+    elif recipe["activation_checkpointing"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model, distributed.shard_masks(model, masks), masks
+
+
+def _resume_state(ckpt_dir: Path, signature: dict, ctx) -> dict | None:
+    state = checkpoint.load_state(ckpt_dir)
+    if state is not None and state["signature"] != json.loads(json.dumps(signature)):
+        _say(ctx, f"[train] checkpoint in {ckpt_dir} belongs to another run configuration; starting over")
+        if ctx.main:
+            shutil.rmtree(ckpt_dir)
+        if ctx.sharded:
+            torch.distributed.barrier()
+        return None
+    return state
+
+
+def _train(args: argparse.Namespace, cfg: dict, ctx: distributed.Dist) -> dict:
     arm = ARMS[args.arm]
     recipe = cfg["train"]
     seed = cfg["seed"] if args.seed is None else args.seed
     torch.set_num_threads(args.threads or cfg["threads_per_job"])
     device = pick_device(args.device or cfg["device"])
+    if ctx.sharded and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
     manifest = read_manifest(args.data)
     tokens = run_tokens(args)
     seq_len, batch_size = recipe["seq_len"], recipe["batch_size"]
+    local, micro = _batch_geometry(recipe, ctx)
     steps = steps_for_budget(tokens, seq_len, batch_size)
     stream = TokenStream([load_split(args.data, s) for s in arm.splits])
     eval_every = parse_tokens(recipe["eval_every_tokens"])
-    print(f"[train] arm={args.arm} budget={format_tokens(tokens)} tokens = {steps} steps x {batch_size} x {seq_len} "
-          f"(warm-up {math.ceil(recipe['warmup_frac'] * steps)} steps); data={'+'.join(arm.splits)} "
-          f"({format_tokens(stream.length)} tokens, {steps * batch_size * seq_len / stream.length:.2f} epochs)",
-          file=sys.stderr)
+    _say(ctx, f"[train] arm={args.arm} budget={format_tokens(tokens)} tokens = {steps} steps x {batch_size} x "
+              f"{seq_len} (warm-up {math.ceil(recipe['warmup_frac'] * steps)} steps; {ctx.world} process(es) x "
+              f"{local // micro} micro-batch(es) of {micro}); data={'+'.join(arm.splits)} "
+              f"({format_tokens(stream.length)} tokens, {steps * batch_size * seq_len / stream.length:.2f} epochs)")
 
-    torch.manual_seed(seed)
-    model, masks = build_model(arm, args.init, cfg, manifest["vocab_size"], manifest["eos_id"], seed)
-    model.to(device).train()
-    apply_masks_(model, masks)
+    model, masks, dense_masks = _prepare_model(args, cfg, ctx, arm, manifest, seed, device)
     optimizer = make_optimizer(model, recipe)
     signature = {"arm": args.arm, "tokens": tokens, "steps": steps, "seed": seed, "init": args.init,
                  "recipe": recipe, "data": manifest["splits"]}
     ckpt_dir = Path(args.ckpt or str(args.out).rstrip("/") + ".ckpt")
-    state = checkpoint.load_state(ckpt_dir)
-    if state is not None and state["signature"] != json.loads(json.dumps(signature)):
-        print(f"[train] checkpoint in {ckpt_dir} belongs to another run configuration; starting over", file=sys.stderr)
-        shutil.rmtree(ckpt_dir)
-        state = None
+    state = _resume_state(ckpt_dir, signature, ctx)
     start_step = 0
     if state is not None:
-        state = checkpoint.restore(ckpt_dir, model, optimizer)
+        state = checkpoint.restore(ckpt_dir, model, optimizer, ctx)
         start_step = state["step"]
-        print(f"[train] resumed from {ckpt_dir} at step {start_step}", file=sys.stderr)
+        _say(ctx, f"[train] resumed from {ckpt_dir} at step {start_step}")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    log = MetricsLog(ckpt_dir / "metrics.jsonl", start_step)
+    log = MetricsLog(ckpt_dir / "metrics.jsonl", start_step) if ctx.main else None
 
     val = torch.from_numpy(spread_windows(load_split(args.data, "val"), seq_len, recipe["eval_windows"])).to(device)
-    use_bf16 = recipe["precision"] == "bf16" and device.type == "cuda"
+    use_bf16 = recipe["precision"] == "bf16" and device.type == "cuda" and not ctx.sharded   # FSDP2 casts itself
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     step_fn = torch.compile(model) if recipe["compile"] else model
     if start_step == 0:
-        log.write({"step": 0, "tokens": 0, "val_loss": validation_loss(model, val, batch_size, autocast)})
+        loss0 = validation_loss(model, val, batch_size, autocast)
+        if log:
+            log.write({"step": 0, "tokens": 0, "val_loss": loss0})
 
     order = window_order(steps * batch_size, seed)
     t0, losses = time.time(), []
     progress = tqdm(range(start_step, steps), initial=start_step, total=steps, desc=f"train {args.arm}",
-                    file=sys.stderr, mininterval=5)
+                    file=sys.stderr, mininterval=5, disable=not ctx.main)
     for step in progress:
         lr = lr_at(step, steps, recipe)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x, y = stream.windows(order[step * batch_size:(step + 1) * batch_size], seq_len)
-        x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-        tick = time.time()
-        with autocast():
-            logits = step_fn(input_ids=x).logits
-        loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
-        loss.backward()
+        mine = order[step * batch_size:(step + 1) * batch_size][ctx.rank::ctx.world]
+        tick, local_loss = time.time(), 0.0
+        for first in range(0, local, micro):
+            x, y = stream.windows(mine[first:first + micro], seq_len)
+            x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+            with autocast():
+                logits = step_fn(input_ids=x).logits
+            loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+            (loss * (micro / local)).backward()
+            local_loss += loss.item() * micro / local
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe["grad_clip"])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         apply_masks_(model, masks)
         seen = (step + 1) * batch_size * seq_len
-        losses.append(loss.item())
-        record = {"step": step + 1, "tokens": seen, "loss": losses[-1], "lr": lr, "grad_norm": float(grad_norm),
+        losses.append(distributed.mean(local_loss, ctx))
+        record = {"step": step + 1, "tokens": seen, "loss": losses[-1], "lr": lr,
+                  "grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
                   "tok_per_s": batch_size * seq_len / max(time.time() - tick, 1e-9)}
         if seen // eval_every > (seen - batch_size * seq_len) // eval_every or step + 1 == steps:
             record["val_loss"] = validation_loss(model, val, batch_size, autocast)
-        log.write(record)
+        if log:
+            log.write(record)
         progress.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}", refresh=False)
-        if (step + 1) % recipe["checkpoint_every"] == 0 and step + 1 < steps:
-            checkpoint.save(ckpt_dir, model, optimizer, {"step": step + 1, "position": seen, "signature": signature})
-        if args.stop_after_steps and step + 1 - start_step >= args.stop_after_steps and step + 1 < steps:
-            checkpoint.save(ckpt_dir, model, optimizer, {"step": step + 1, "position": seen, "signature": signature})
-            print(f"[train] stopping early after step {step + 1} (--stop-after-steps)", file=sys.stderr)
+        stop = bool(args.stop_after_steps) and step + 1 - start_step >= args.stop_after_steps
+        if ((step + 1) % recipe["checkpoint_every"] == 0 or stop) and step + 1 < steps:
+            checkpoint.save(ckpt_dir, model, optimizer, {"step": step + 1, "position": seen, "signature": signature},
+                            ctx)
+        if stop and step + 1 < steps:
+            _say(ctx, f"[train] stopping early after step {step + 1} (--stop-after-steps)")
             return {"stopped_at": step + 1}
     seconds = time.time() - t0
-    return finish(args, cfg, model, masks, log, ckpt_dir, signature, seconds, start_step)
+    final = model
+    if ctx.sharded:   # gather the full weights (a collective), then rank 0 writes a plain model
+        full = distributed.full_model_state(model)
+        if not ctx.main:
+            torch.distributed.barrier()
+            return {}
+        final = LlamaForCausalLM(model.config)
+        final.load_state_dict(full)
+    meta = finish(args, cfg, final, dense_masks, log, ckpt_dir, signature, seconds, start_step)
+    if ctx.sharded:
+        torch.distributed.barrier()
+    return meta
 
 
 def finish(args, cfg, model, masks, log: MetricsLog, ckpt_dir: Path, signature: dict, seconds: float,

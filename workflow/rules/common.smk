@@ -77,3 +77,11 @@ PARENT_RESOURCES = _resources("parent", lambda wildcards: (parent_params(config)
 CHILD_RESOURCES = _resources("child", _child_size_and_tokens)
 PRUNE_RESOURCES = _resources("prune")
 EVALUATE_RESOURCES = _resources("evaluate")
+
+
+def launcher(stage):
+    """python, or torchrun over the job's GPUs (one node) when the config asks for CUDA and several GPUs."""
+    gpus = config["cluster"]["gpus"][stage]
+    if config["device"] != "cuda" or gpus <= 1:
+        return PY
+    return f"{PY} -m torch.distributed.run --standalone --nproc_per_node {gpus}"

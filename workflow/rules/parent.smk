@@ -23,7 +23,7 @@ if config["parent"]["source"] == "train":
             **PARENT_RESOURCES,
         threads: 16  # capped at --cores locally
         shell:
-            f"{PY} -m pvs.train --arm parent --tokens {{params.tokens}} --data {R}/data --out {{output}}"
+            f"{launcher('parent')} -m pvs.train --arm parent --tokens {{params.tokens}} --data {R}/data --out {{output}}"
             f" --ckpt {R}/ckpt/parent --config {CONFIG} --threads {{threads}} > {{log}} 2>&1"
 
 else:

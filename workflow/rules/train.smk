@@ -34,7 +34,7 @@ rule train_child:
         **CHILD_RESOURCES,
     threads: config["threads_per_job"]
     shell:
-        f"{PY} -m pvs.train --arm {{wildcards.arm}} {{params.tokens}} --seed {{params.seed}} --init {{input.init}}"
+        f"{launcher('child')} -m pvs.train --arm {{wildcards.arm}} {{params.tokens}} --seed {{params.seed}} --init {{input.init}}"
         f" --data {R}/data --out {{output}} --config {CONFIG} --threads {{threads}}"
         f" --ckpt {R}/ckpt/{{wildcards.arm}}/{{wildcards.method}}/r{{wildcards.ratio}}/N{{wildcards.budget}}{{wildcards.replica}}"
         f" > {{log}} 2>&1"

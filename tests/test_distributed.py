@@ -1,0 +1,85 @@
+"""Data-parallel training with FSDP2 on CPU (gloo): 2 processes follow 1 process, resume, keep masks exact."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from pvs.modeling import MASKS_FILE
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "max_position_embeddings": 128}
+
+
+def write_config(path: Path, **train) -> Path:
+    cfg = {"parent": {"arch": SMALL}, "threads_per_job": 1, "device": "cpu", "prune": {"methods": ["sparsegpt"]},
+           "train": {"seq_len": 32, "batch_size": 4, "lr": 0.003, "checkpoint_every": 100,
+                     "eval_every_tokens": 1024, "eval_windows": 4, **train}}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    return write_config(tmp_path_factory.mktemp("dist") / "config.yaml")
+
+
+def train(nproc: int, data: Path, out: Path, config: Path, *extra) -> None:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] \
+        if nproc > 1 else [sys.executable]
+    cmd = launcher + ["-m", "pvs.train", "--data", str(data), "--out", str(out), "--config", str(config),
+                      "--ckpt", f"{out}.ckpt", "--threads", "1", *map(str, extra)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "workflow"), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def losses(out: Path) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "model.safetensors"))
+
+
+def test_two_processes_follow_one_process_and_resume(byte_splits, config, tmp_path):
+    run = ["--arm", "parent", "--tokens", 2048]                      # 16 steps of 4 windows x 32 tokens
+    train(1, byte_splits, tmp_path / "one", config, *run)
+    train(2, byte_splits, tmp_path / "two", config, *run)
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(one) == len(two) == 16 and one[-1] < one[0] - 0.5
+    assert two == pytest.approx(one, rel=1e-4)
+    for name, w in weights(tmp_path / "one").items():
+        assert torch.allclose(w, weights(tmp_path / "two")[name], rtol=1e-3, atol=1e-4), name
+    # gradient accumulation: 2 processes x 2 micro-batches of 1 window = the same global batch of 4
+    train(2, byte_splits, tmp_path / "accum", write_config(tmp_path / "accum.yaml", micro_batch_size=1), *run)
+    assert losses(tmp_path / "accum") == pytest.approx(one, rel=1e-4)
+    # interrupted after 5 steps and restarted: the same run, still with 2 processes
+    train(2, byte_splits, tmp_path / "resumed", config, *run, "--stop-after-steps", 5)
+    assert not (tmp_path / "resumed").exists() and (tmp_path / "resumed.ckpt" / "latest").exists()
+    train(2, byte_splits, tmp_path / "resumed", config, *run)
+    assert losses(tmp_path / "resumed") == pytest.approx(two, rel=1e-4)
+    meta = json.loads((tmp_path / "resumed" / "train_meta.json").read_text())
+    assert meta["resumed_from_step"] == 5 and meta["tokens_seen"] == 2048
+
+
+def test_sparse_masks_stay_exact_under_sharding(byte_splits, config, tmp_path):
+    from test_train import sparse_child                 # a 50%-sparse child of a parent, with its masks
+
+    train(1, byte_splits, tmp_path / "parent", config, "--arm", "parent", "--tokens", 512)
+    masks = sparse_child(tmp_path / "parent", tmp_path / "child")
+    train(2, byte_splits, tmp_path / "retrain", config, "--arm", "retrain", "--tokens", 1024,
+          "--init", tmp_path / "child")
+    trained = weights(tmp_path / "retrain")
+    for name, mask in masks.items():
+        assert torch.all(trained[name][~mask] == 0), name
+        assert torch.all(trained[name][mask] != 0), name
+    assert load_file(str(tmp_path / "retrain" / MASKS_FILE)).keys() == masks.keys()

@@ -61,3 +61,16 @@ def test_paper_dry_run_lists_the_whole_grid_fast_and_offline(tmp_path):
     assert counts["train_child"] == methods * (2 * ratios + 2 * 4 + 1) == 102
     assert counts["evaluate"] == 1 + 24 + 102 and counts["train_parent"] == 1
     assert seconds < 10, seconds
+
+
+def test_gpu_benchmark_script_runs_its_fsdp2_loop_on_cpu(tmp_path):
+    """The GPU benchmark's logic, at toy size on the CPU with 2 processes (the real run needs GPUs)."""
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "benchmarks" / "gpu_train.py"), "--size", "tiny", "--device", "cpu", "--steps", "2",
+           "--warmup", "1", "--seq-len", "32", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = __import__("json").loads(out.read_text())
+    assert record["processes"] == 2 and record["tokens_per_s"] > 0
+    assert record["mfu"] == pytest.approx(6 * record["params_flops"] * record["tokens_per_s"] / (2 * 989e12))

@@ -60,6 +60,7 @@ def test_paper_dry_run_lists_the_whole_grid_fast_and_offline(tmp_path):
     # setting 1 at 4 ratios (2 arms) + 4 extra scaling budgets at 0.5 (2 arms) + S_{P+N} at 0.5
     assert counts["train_child"] == methods * (2 * ratios + 2 * 4 + 1) == 102
     assert counts["evaluate"] == 1 + 24 + 102 and counts["train_parent"] == 1
+    assert counts["tokenize_shard"] == cfg["data"]["hf"]["shards"] and counts["prepare_data"] == 1
     assert seconds < 10, seconds
 
 

@@ -113,6 +113,10 @@ def _semantic_errors(cfg: dict) -> list[str]:
         errors.append("parent.pretrained = None: required when parent.source is 'pretrained'")
     if cfg["data"]["source"] == "local_text" and not cfg["data"]["local_text"]["paths"]:
         errors.append("data.local_text.paths = []: required when data.source is 'local_text'")
+    if cfg["data"]["source"] == "hf" and cfg["data"]["hf"]["shards"] and not cfg["data"]["tokenizer"] \
+            and cfg["parent"]["source"] != "pretrained":
+        errors.append(f"data.hf.shards = {cfg['data']['hf']['shards']!r}: sharded tokenization needs an existing "
+                      "tokenizer (data.tokenizer, or parent.source: pretrained)")
     splits = cfg["data"]["splits"]
     if splits["val"] + splits["calib"] + splits["retrain"] >= 0.95:
         errors.append(f"data.splits = {splits!r}: val + calib + retrain must leave room for the parent's split")

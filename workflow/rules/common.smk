@@ -32,6 +32,7 @@ wildcard_constraints:
     budget="[0-9.]+[kMBT]?",
     arm="|".join(TRAINED_ARMS),
     replica="(_seed[1-9][0-9]*)?",
+    shard="[0-9]+",
 
 
 def child_run(wildcards):

@@ -1,29 +1,65 @@
 # Corpus -> tokenizer -> four disjoint token splits; and the local lm-eval tasks made from held-out text.
 
 
-rule prepare_data:
-    output:
-        manifest=f"{R}/data/manifest.json",
-        splits=expand(f"{R}/data/{{split}}.bin", split=["pretrain", "retrain", "calib", "val"]),
-        heldout=f"{R}/data/heldout_docs.jsonl",
-        tokenizer=directory(f"{R}/data/tokenizer"),
-    params:
-        data=config["data"],
-        seed=config["seed"],
-        tokenizer=(
-            f"--tokenizer {config['data']['tokenizer']}"
-            if config["data"]["tokenizer"]
-            else f"--tokenizer {config['parent']['pretrained']}"
-            if config["parent"]["source"] == "pretrained"
-            else ""
-        ),
-    log:
-        f"{R}/logs/data/prepare_data.log",
-    benchmark:
-        f"{R}/benchmarks/data/prepare_data.tsv"
-    threads: 16  # capped at --cores locally
-    shell:
-        f"{PY} -m pvs.data --config {CONFIG} --out {R}/data --cache {R}/downloads {{params.tokenizer}} > {{log}} 2>&1"
+TOKENIZER = config["data"]["tokenizer"] or (
+    config["parent"]["pretrained"] if config["parent"]["source"] == "pretrained" else None
+)
+DATA_OUTPUTS = dict(
+    manifest=f"{R}/data/manifest.json",
+    splits=expand(f"{R}/data/{{split}}.bin", split=["pretrain", "retrain", "calib", "val"]),
+    heldout=f"{R}/data/heldout_docs.jsonl",
+    tokenizer=directory(f"{R}/data/tokenizer"),
+)
+SHARDS = config["data"]["hf"]["shards"] if config["data"]["source"] == "hf" else 0
+
+if not SHARDS:
+
+    rule prepare_data:
+        output:
+            **DATA_OUTPUTS,
+        params:
+            data=config["data"],
+            seed=config["seed"],
+            tokenizer=f"--tokenizer {TOKENIZER}" if TOKENIZER else "",
+        log:
+            f"{R}/logs/data/prepare_data.log",
+        benchmark:
+            f"{R}/benchmarks/data/prepare_data.tsv"
+        threads: 16  # capped at --cores locally
+        shell:
+            f"{PY} -m pvs.data --config {CONFIG} --out {R}/data --cache {R}/downloads {{params.tokenizer}} > {{log}} 2>&1"
+
+else:  # a large HF dataset: K parallel, resumable tokenize jobs, then splits by token offset (pvs.shards)
+
+    rule tokenize_shard:
+        output:
+            tokens=f"{R}/data/shards/{{shard}}.bin",
+            record=f"{R}/data/shards/{{shard}}.json",
+        params:
+            hf=config["data"]["hf"],
+        log:
+            f"{R}/logs/data/tokenize_shard/{{shard}}.log",
+        benchmark:
+            f"{R}/benchmarks/data/tokenize_shard/{{shard}}.tsv"
+        shell:
+            f"{PY} -m pvs.shards tokenize --config {CONFIG} --shard {{wildcards.shard}} --tokenizer {TOKENIZER}"
+            f" --out {R}/data/shards > {{log}} 2>&1"
+
+    rule prepare_data:
+        input:
+            expand(f"{R}/data/shards/{{shard}}.json", shard=range(SHARDS)),
+        output:
+            **DATA_OUTPUTS,
+        params:
+            splits=config["data"]["splits"],
+            seed=config["seed"],
+        log:
+            f"{R}/logs/data/prepare_data.log",
+        benchmark:
+            f"{R}/benchmarks/data/prepare_data.tsv"
+        shell:
+            f"{PY} -m pvs.shards assemble --config {CONFIG} --shards {R}/data/shards --tokenizer {TOKENIZER}"
+            f" --out {R}/data > {{log}} 2>&1"
 
 
 rule eval_tasks:

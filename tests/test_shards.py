@@ -1,0 +1,93 @@
+"""A Hugging Face dataset at scale (pvs.shards), on a small local `datasets` dataset: parallel shards,
+resume, splits by token offset, and the workflow's data jobs end to end."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pvs import shards
+from pvs.config import ConfigError, validate_config
+from pvs.tokens import load_split, read_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def local_dataset(tmp_path_factory) -> Path:
+    """A json dataset of 4 files x 50 documents that `datasets.load_dataset(DIR, streaming=True)` reads."""
+    root = tmp_path_factory.mktemp("hfdata")
+    words = "the cat sat on a mat while birds sang over quiet hills and rivers ran".split()
+    rng = np.random.default_rng(0)
+    for f in range(4):
+        with open(root / f"part-{f}.jsonl", "w") as out:
+            for d in range(50):
+                text = " ".join(rng.choice(words, size=int(rng.integers(20, 60))))
+                out.write(json.dumps({"text": f"doc {f}-{d}: {text}.", "id": f * 50 + d}) + "\n")
+    return root
+
+
+def config(dataset: Path, tokenizer: Path, **hf) -> dict:
+    return validate_config({"data": {"source": "hf", "tokenizer": str(tokenizer), "splits": {"val": 0.1, "calib": 0.05,
+                                     "retrain": 0.3}, "hf": {"name": str(dataset), "max_documents": 200,
+                                                             "shards": 2, **hf}},
+                            "prune": {"methods": ["sparsegpt"]}})
+
+
+def test_shards_resume_and_cover_every_document(local_dataset, byte_splits, tmp_path):
+    cfg, tok = config(local_dataset, byte_splits / "tokenizer"), str(byte_splits / "tokenizer")
+    out = tmp_path / "shards"
+    assert shards.tokenize_shard(cfg, 0, tok, out, max_rows_this_run=30) == {}          # interrupted at 30 rows
+    assert json.loads((out / "0.progress.json").read_text())["rows"] == 30 and not (out / "0.bin").exists()
+    first = shards.tokenize_shard(cfg, 0, tok, out)                                       # resumed
+    second = shards.tokenize_shard(cfg, 1, tok, out)
+    assert first["rows"] + second["rows"] == 200 and not (out / "0.progress.json").exists()
+    again = shards.tokenize_shard(cfg, 0, tok, tmp_path / "fresh")                         # uninterrupted
+    assert again["sha256"] == first["sha256"] and again["tokens"] == first["tokens"]
+    eos = json.loads((byte_splits / "manifest.json").read_text())["eos_id"]
+    total = sum(int((np.fromfile(out / f"{k}.bin", dtype=first["dtype"]) == eos).sum()) for k in range(2))
+    assert total == 200                                                                  # every row once
+
+
+def test_assemble_cuts_disjoint_slices_by_token_offset(local_dataset, byte_splits, tmp_path):
+    cfg, tok = config(local_dataset, byte_splits / "tokenizer"), str(byte_splits / "tokenizer")
+    for k in range(2):
+        shards.tokenize_shard(cfg, k, tok, tmp_path / "shards")
+    manifest = shards.assemble(cfg, tmp_path / "shards", tok, tmp_path / "data")
+    splits = manifest["splits"]
+    offsets = [splits[name]["offset"] for name in shards.ORDER]
+    assert offsets[0][0] == 0 and all(a[1] == b[0] for a, b in zip(offsets, offsets[1:]))   # contiguous, disjoint
+    assert offsets[-1][1] == manifest["total_tokens"]
+    assert splits["pretrain"]["tokens"] > splits["retrain"]["tokens"] > splits["val"]["tokens"] > 0
+    eos = manifest["eos_id"]
+    for name in shards.ORDER:                                        # every slice ends at a document boundary
+        assert load_split(tmp_path / "data", name)[-1] == eos, name
+    assert sum(splits[n]["documents"] for n in shards.ORDER) == 200
+    assert read_manifest(tmp_path / "data")["vocab_size"] == manifest["vocab_size"]
+    heldout = (tmp_path / "data" / "heldout_docs.jsonl").read_text().splitlines()
+    assert len(heldout) == splits["val"]["documents"] and json.loads(heldout[0])["text"].startswith("doc ")
+
+
+def test_sharded_data_needs_a_tokenizer(local_dataset):
+    with pytest.raises(ConfigError, match="data.hf.shards = 2: sharded tokenization needs an existing tokenizer"):
+        validate_config({"data": {"source": "hf", "hf": {"name": str(local_dataset), "shards": 2}},
+                         "prune": {"methods": ["sparsegpt"]}})
+
+
+def test_workflow_data_jobs_on_a_local_dataset(local_dataset, byte_splits, tmp_path):
+    cfg = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
+    cfg.update(results_dir="results", data={"source": "hf", "tokenizer": str(byte_splits / "tokenizer"),
+                                            "splits": {"val": 0.1, "calib": 0.05, "retrain": 0.3},
+                                            "hf": {"name": str(local_dataset), "max_documents": 200, "shards": 2}})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(tmp_path / "c.yaml"), "--cores", "2", "results/data/manifest.json"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tokenize_shard" in result.stderr and (tmp_path / "results" / "data" / "shards" / "1.bin").exists()
+    assert read_manifest(tmp_path / "results" / "data")["split_by"].startswith("token offset")

@@ -75,3 +75,19 @@ def test_gpu_benchmark_script_runs_its_fsdp2_loop_on_cpu(tmp_path):
     record = __import__("json").loads(out.read_text())
     assert record["processes"] == 2 and record["tokens_per_s"] > 0
     assert record["mfu"] == pytest.approx(6 * record["params_flops"] * record["tokens_per_s"] / (2 * 989e12))
+
+
+def test_multi_node_jobs_start_one_torchrun_per_node():
+    raw = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())
+    raw["cluster"] = {"nodes": {"child": 4}}
+    cfg = validate_config(raw)
+    res = resources.job_resources(cfg, "child", resources.child_params(cfg, 0.5), 50 * 10**9)
+    assert (res["nodes"], res["gpu"], res["tasks_per_node"], res["mpi"]) == (4, 8, 1, "srun")   # a task per node
+    one_node = resources.job_resources(load_config(ROOT / "configs" / "paper.yaml"), "child",
+                                       resources.child_params(cfg, 0.5), 10**9)
+    assert (one_node["nodes"], one_node["tasks_per_node"], one_node["mpi"]) == (1, 0, "")
+    command = resources.launcher(cfg, "child", "python")
+    assert command.startswith("srun --nodes 4 --ntasks-per-node 1 python -m torch.distributed.run --nproc_per_node 8")
+    assert "--rdzv-backend c10d" in command and "--nnodes 4" in command
+    assert resources.launcher(cfg, "parent", "python") == "python -m torch.distributed.run --nproc_per_node 8 --standalone"
+    assert resources.launcher(validate_config({**raw, "device": "cpu"}), "child", "python") == "python"

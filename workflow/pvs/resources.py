@@ -1,7 +1,7 @@
 """Cluster resources of each job, from the model's size and the job's token budget (config ``cluster``).
 
 The rules attach these as Snakemake resources; a local run ignores them, the SLURM profile
-(profiles/slurm) turns them into sbatch options: ``gpu`` -> --gpus, ``cpus_per_task`` (cpus_per_gpu x
+(profiles/slurm) turns them into sbatch options: ``gpu`` -> --gpus (per node), ``nodes`` -> --nodes, ``cpus_per_task`` (cpus_per_gpu x
 GPUs: one task per job), ``mem_mb`` -> --mem, ``runtime`` -> -t (minutes). A training job's runtime is its FLOPs (6·N·D, pvs.compute) at the configured
 per-GPU peak and MFU, with a safety factor, clipped to ``cluster.max_runtime_min``: a longer run is cut
 by the time limit and continues from its checkpoint when Snakemake retries it (profile ``retries``).
@@ -57,8 +57,27 @@ def job_resources(cfg: dict, stage: str, params: int | None = None, tokens: int 
     minutes = cluster["min_runtime_min"] if tokens is None else train_minutes(cfg, params, tokens, gpus)
     if stage in ("prune", "evaluate"):
         minutes = cluster["stage_runtime_min"][stage]
-    return {"gpu": gpus, "cpus_per_task": cluster["cpus_per_gpu"] * max(1, gpus),
-            "mem_mb": cluster["mem_mb_per_gpu"] * max(1, gpus) * attempt, "runtime": minutes * attempt}
+    nodes = cluster["nodes"].get(stage, 1)
+    if tokens is not None and nodes > 1:
+        minutes = train_minutes(cfg, params, tokens, gpus * nodes)
+    # several nodes: one task per node ("mpi": the plugin leaves srun to the job's own command, pvs launcher)
+    multi = {"mpi": "srun", "tasks_per_node": 1} if nodes > 1 else {"mpi": "", "tasks_per_node": 0}
+    return {"gpu": gpus, "nodes": nodes, "cpus_per_task": cluster["cpus_per_gpu"] * max(1, gpus),
+            "mem_mb": cluster["mem_mb_per_gpu"] * max(1, gpus) * attempt, "runtime": minutes * attempt, **multi}
+
+
+def launcher(cfg: dict, stage: str, python: str) -> str:
+    """How a training job starts: python; torchrun over one node's GPUs; or srun + torchrun on every node."""
+    gpus, nodes = cfg["cluster"]["gpus"][stage], cfg["cluster"]["nodes"][stage]
+    if cfg["device"] != "cuda" or gpus * nodes <= 1:
+        return python
+    torchrun = f"{python} -m torch.distributed.run --nproc_per_node {gpus}"
+    if nodes == 1:
+        return f"{torchrun} --standalone"
+    first_node = "$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1)"
+    return (f"srun --nodes {nodes} --ntasks-per-node 1 {torchrun} --nnodes {nodes} --rdzv-backend c10d"
+            f" --rdzv-id $SLURM_JOB_ID --rdzv-endpoint {first_node}:29500")
+
 
 
 def main(argv: list[str] | None = None) -> int:

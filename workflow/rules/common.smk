@@ -12,6 +12,7 @@ from pvs.prune.registry import method_options
 from pvs.study import TRAINED_ARMS, Run, canonical_budget, runs
 from pvs.budget import format_tokens, parse_tokens
 from pvs.resources import child_params, job_resources, parent_params
+from pvs.resources import launcher as pvs_launcher
 
 try:
     config = validate_config(config)
@@ -66,7 +67,8 @@ def _resources(stage, size_and_tokens=lambda wildcards: (None, None)):
     """Snakemake resources of a stage: each a function of the job's wildcards and attempt."""
     def one(key):
         return lambda wildcards, attempt: job_resources(config, stage, *size_and_tokens(wildcards), attempt)[key]
-    return {key: one(key) for key in ("gpu", "cpus_per_task", "mem_mb", "runtime")}
+    keys = ("gpu", "nodes", "cpus_per_task", "mem_mb", "runtime", "mpi", "tasks_per_node")
+    return {key: one(key) for key in keys}
 
 
 def _child_size_and_tokens(wildcards):
@@ -81,8 +83,5 @@ EVALUATE_RESOURCES = _resources("evaluate")
 
 
 def launcher(stage):
-    """python, or torchrun over the job's GPUs (one node) when the config asks for CUDA and several GPUs."""
-    gpus = config["cluster"]["gpus"][stage]
-    if config["device"] != "cuda" or gpus <= 1:
-        return PY
-    return f"{PY} -m torch.distributed.run --standalone --nproc_per_node {gpus}"
+    """python, torchrun over the job's GPUs, or srun + torchrun per node (pvs.resources.launcher)."""
+    return pvs_launcher(config, stage, PY)

@@ -14,6 +14,10 @@ Metrics (OUT.json "metrics", one flat name -> float each):
                   the group "blimp", the unweighted mean acc over the phenomena, included)
   lmeval/avg      unweighted mean over the top-level entries: every task that is not a BLiMP phenomenon
                   (heldout_mc acc_norm, heldout_cloze acc) plus the BLiMP group aggregate counted once
+                  (and the hub tasks of evaluate.hub_tasks, when configured)
+  ppl/<name>      for each dataset of evaluate.perplexity_datasets (WikiText, C4, ... at scale): exp(mean NLL)
+                  over non-overlapping windows of its documents joined by the separator, up to
+                  evaluate.perplexity_max_tokens tokens
 
 lm-eval (0.4.13, Python API, zero-shot, offline): the loaded model is wrapped in HFLM with
 prefix_token_id = the document separator the model was trained with (<|endoftext|>, manifest["eos_id"]).
@@ -25,8 +29,8 @@ from __future__ import annotations
 
 import os
 
-os.environ["HF_HUB_OFFLINE"] = "1"          # before transformers / datasets / lm-eval are imported:
-os.environ["HF_DATASETS_OFFLINE"] = "1"     # nothing may be fetched from a hub
+os.environ.setdefault("HF_HUB_OFFLINE", "1")          # before transformers / datasets / lm-eval are imported:
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")     # offline unless the caller allows downloads (at scale)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -143,6 +147,28 @@ def validation(model, data_dir: Path, seq_len: int, count: int | None, batch_siz
     return metrics, detail
 
 
+def dataset_perplexity(model, tokenizer, spec: dict, seq_len: int, max_tokens: int, batch_size: int,
+                       separator_id: int, device: torch.device) -> tuple[float, int]:
+    """Perplexity on a (streamed) HF dataset: its texts joined by the separator, cut into windows."""
+    import datasets
+
+    rows = datasets.load_dataset(spec["name"], spec.get("subset"), split=spec.get("split", "test"), streaming=True,
+                                 token=os.environ.get("HF_TOKEN") or None)
+    ids: list[int] = []
+    for row in rows:
+        text = row[spec.get("text_field", "text")]
+        if text and text.strip():
+            ids += tokenizer(text, add_special_tokens=False)["input_ids"] + [separator_id]
+        if len(ids) > max_tokens:
+            break
+    count = min(len(ids), max_tokens) // seq_len
+    if count == 0:
+        raise ValueError(f"perplexity dataset {spec['name']!r}: fewer than {seq_len} tokens")
+    windows = np.asarray(ids[:count * seq_len], dtype=np.int64).reshape(count, seq_len)
+    nll = token_nll(model, windows, batch_size, device, desc=spec["name"])
+    return math.exp(nll.mean().item()), nll.numel()
+
+
 def _own_window(model, val: np.ndarray, a: int, b: int, seq_len: int, device: torch.device) -> torch.Tensor | None:
     """NLL of one window at the start of [a, b), for a source too small for the spread windows to reach."""
     length = min(seq_len, b - a)
@@ -256,6 +282,12 @@ def evaluate(args: argparse.Namespace, cfg: dict) -> dict:
     metrics, val_detail = validation(model, data_dir, seq_len, windows, batch_size, device)
     log.info("val_loss %.4f (ppl %.2f) on %d windows x %d tokens, %.1fs", metrics["val_loss"],
              metrics["val_ppl"], val_detail["windows"], seq_len, time.time() - t0)
+    for name, spec in cfg["evaluate"]["perplexity_datasets"].items():
+        metrics[f"ppl/{name}"], scored = dataset_perplexity(model, tokenizer, spec, seq_len,
+                                                            cfg["evaluate"]["perplexity_max_tokens"], batch_size,
+                                                            separator_id, device)
+        val_detail[f"ppl/{name}"] = {"tokens": scored, **spec}
+        log.info("ppl/%s %.2f on %d tokens", name, metrics[f"ppl/{name}"], scored)
     detail = {}
     if run_lm:
         lm_metrics, detail = run_lmeval(model, tokenizer, task_dir, batch_size, args.limit, separator_id,

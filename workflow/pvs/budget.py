@@ -38,6 +38,14 @@ def format_tokens(tokens: int) -> str:
     return str(tokens)
 
 
+def approx_tokens(n: float) -> str:
+    """A token count to three significant digits for reading: 203268 -> '203k', 1635166 -> '1.64M'."""
+    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return f"{n:.0f}"
+
+
 def steps_for_budget(tokens: int, seq_len: int, batch_size: int) -> int:
     """Optimizer steps that cover ``tokens`` with batches of ``batch_size`` windows of ``seq_len``."""
     if seq_len <= 0 or batch_size <= 0:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from pvs.budget import format_tokens
+from pvs.budget import approx_tokens, format_tokens
 from pvs.prune.registry import GRANULARITY_ORDER, display_name
 from pvs.tables import Grid
 
@@ -67,14 +67,6 @@ class Scale:
         return (f"{size} pretrained on P = {format_tokens(self.parent_tokens)} tokens and N = "
                 f"{format_tokens(self.main)} ({self.main / self.parent_tokens:.0%} of P), against the paper's 8B "
                 "parent on 200B tokens and N = 50B (25% of P)")
-
-
-def approx_tokens(n: float) -> str:
-    """A token count to three significant digits: 203268 -> '203k', 1635166 -> '1.64M'."""
-    for suffix, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.3g}{suffix}"
-    return f"{n:.0f}"
 
 
 def _d(x: float) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from pvs.budget import format_tokens, parse_tokens
+from pvs.budget import approx_tokens, format_tokens, parse_tokens
 from pvs.compute import CONVENTION
 from pvs.prune.registry import GRANULARITY_ORDER, display_name
 from pvs.study import ARM_ORDER
@@ -327,8 +327,7 @@ def versus_markdown(table: pd.DataFrame, grid: Grid, parent, rival: str, labels:
     columns["wins (loss)"] = [names.get(w, MISSING) for w in table.winner_loss]
     columns["wins (acc)"] = [names.get(w, MISSING) for w in table.winner_acc]
     if rival == "scratch_flops":
-        columns[f"{s} tokens"] = [MISSING if pd.isna(v) else format_tokens(int(round(v)))
-                                  for v in table.scratch_flops_tokens]
+        columns[f"{s} tokens"] = [MISSING if pd.isna(v) else approx_tokens(v) for v in table.scratch_flops_tokens]
         columns["pipeline FLOPs"] = [_num(v, ".2e") for v in table.retrain_pipeline_flops]
     lines.append(_markdown(columns))
     return "\n".join(lines) + "\n"

@@ -295,7 +295,7 @@ def evaluate(args: argparse.Namespace, cfg: dict) -> dict:
         metrics.update(lm_metrics)
         log.info("lm-eval avg %.4f over %s, %.1fs", lm_metrics["lmeval/avg"], task_dir, time.time() - t0)
     train_meta = read_json_or_none(model_dir / "train_meta.json")
-    if meta.get("train_tokens") is None and train_meta:
+    if meta.get("train_tokens") is None and train_meta and "tokens" in train_meta:
         meta["train_tokens"] = train_meta["tokens"]   # S_F: its budget was computed when it trained
     return {
         "study": cfg["study"],

@@ -111,8 +111,8 @@ def restore(ckpt_dir: str | os.PathLike, model, optimizer, ctx=None) -> dict:
         raise FileNotFoundError(f"no complete checkpoint in {ckpt_dir}")
     if ctx is not None and ctx.sharded:
         from pvs import distributed
-        distributed.load_full_state(model, optimizer, load_file(str(step_dir / "model.safetensors")),
-                                    load_file(str(step_dir / "optimizer.safetensors")))
+        read = (lambda name: load_file(str(step_dir / name))) if ctx.main else (lambda name: {})
+        distributed.load_full_state(model, optimizer, read("model.safetensors"), read("optimizer.safetensors"))
     else:
         device = str(next(model.parameters()).device)
         model.load_state_dict(load_file(str(step_dir / "model.safetensors"), device=device))

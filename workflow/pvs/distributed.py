@@ -111,12 +111,13 @@ def full_optimizer_tensors(model, optimizer) -> dict[str, torch.Tensor]:
 
 
 def load_full_state(model, optimizer, model_state: dict, optimizer_tensors: dict) -> None:
-    """Shard full (unsharded) model and AdamW tensors into a sharded model and its optimizer."""
+    """Shard full (unsharded) model and AdamW tensors, read on rank 0 only ({} elsewhere), into a sharded
+    model and its optimizer: rank 0 broadcasts, so no other rank holds a full copy in memory."""
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
                                                          set_model_state_dict, set_optimizer_state_dict)
-    options = StateDictOptions(full_state_dict=True)
+    template = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True))
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
     set_model_state_dict(model, model_state, options=options)
-    template = get_optimizer_state_dict(model, optimizer, options=options)     # fresh: no state, only groups
     state = {}
     for name, _ in model.named_parameters():
         entry = {key: optimizer_tensors[f"{key}.{name}"] for key in ("step", "exp_avg", "exp_avg_sq")

@@ -100,12 +100,32 @@ def tokenize_shard(cfg: dict, shard: int, tokenizer_dir: str, out: str | Path, m
     return record
 
 
-def _cut(stream: np.ndarray, target: int, eos: int) -> int:
-    """The first document boundary (after an EOS) at or after ``target`` tokens."""
-    if target >= len(stream):
-        return len(stream)
-    after = np.flatnonzero(stream[target:] == eos)
-    return len(stream) if not len(after) else target + int(after[0]) + 1
+class ShardStream:
+    """The finished shards as one read-only token stream (memory-mapped, never loaded whole)."""
+
+    def __init__(self, paths: list[Path], dtype: str):
+        self.parts = [np.memmap(p, dtype=dtype, mode="r") for p in paths]
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def chunks(self, a: int, b: int, size: int = 1 << 24):
+        """Tokens [a, b) as consecutive arrays of at most ``size`` tokens."""
+        for k, part in enumerate(self.parts):
+            lo, hi = max(a, self.starts[k]), min(b, self.starts[k + 1])
+            for x in range(lo, hi, size):
+                yield np.asarray(part[x - self.starts[k]:min(hi, x + size) - self.starts[k]])
+
+    def cut(self, target: int, eos: int) -> int:
+        """The first document boundary (just after an EOS) at or after ``target``."""
+        position = target
+        for chunk in self.chunks(target, len(self)):
+            hits = np.flatnonzero(chunk == eos)
+            if len(hits):
+                return position + int(hits[0]) + 1
+            position += len(chunk)
+        return len(self)
 
 
 def assemble(cfg: dict, shards_dir: str | Path, tokenizer_dir: str, out: str | Path) -> dict:
@@ -115,27 +135,29 @@ def assemble(cfg: dict, shards_dir: str | Path, tokenizer_dir: str, out: str | P
     (out / "manifest.json").unlink(missing_ok=True)
     records = [json.loads((shards_dir / f"{k}.json").read_text()) for k in range(data["hf"]["shards"])]
     dtype = records[0]["dtype"]
-    stream = np.concatenate([np.fromfile(shards_dir / f"{k}.bin", dtype=dtype) for k in range(len(records))])
+    stream = ShardStream([shards_dir / f"{k}.bin" for k in range(len(records))], dtype)
     tokenizer = load_pretrained(tokenizer_dir, str(out / "cache"))
     eos = tokenizer.eos_token_id
     fractions = data["splits"]
     bounds, start = {}, 0
     for name in ORDER[:-1]:
         share = fractions[name] if name in fractions else 1 - sum(fractions.values())
-        end = _cut(stream, start + int(share * len(stream)), eos)
+        end = stream.cut(start + int(share * len(stream)), eos)
         bounds[name], start = (start, end), end
     bounds["retrain"] = (start, len(stream))
     source = data["hf"]["name"].rstrip("/").split("/")[-1]
     splits = {}
-    for name, (a, b) in bounds.items():
-        part = stream[a:b]
-        tmp = out / f".{name}.bin.tmp"
-        part.tofile(tmp)
+    for name, (a, b) in bounds.items():      # copied in chunks: memory stays flat at any corpus size
+        tmp, digest, documents = out / f".{name}.bin.tmp", hashlib.sha256(), 0
+        with open(tmp, "wb") as f:
+            for chunk in stream.chunks(a, b):
+                f.write(chunk.tobytes())
+                digest.update(chunk.tobytes())
+                documents += int((chunk == eos).sum())
         os.replace(tmp, out / f"{name}.bin")
-        splits[name] = {"file": f"{name}.bin", "offset": [int(a), int(b)], "documents": int((part == eos).sum()),
-                        "tokens": int(len(part)), "sources": {source: int((part == eos).sum())},
-                        "sha256": hashlib.sha256(part.tobytes()).hexdigest()}
-    val = stream[slice(*bounds["val"])]
+        splits[name] = {"file": f"{name}.bin", "offset": [int(a), int(b)], "documents": documents,
+                        "tokens": int(b - a), "sources": {source: documents}, "sha256": digest.hexdigest()}
+    val = np.fromfile(out / "val.bin", dtype=dtype)
     docs = np.split(val, np.flatnonzero(val == eos) + 1)
     with open(out / ".heldout_docs.jsonl.tmp", "w", encoding="utf-8") as f:
         for doc in docs:

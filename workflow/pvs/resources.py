@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     parent_tokens = parse_tokens(cfg["parent"]["tokens"])
     print("job\tgpus\tmem_mb\ttime_limit_min\texpected_gpu_hours")
     totals: dict[str, float] = {}
-    for run in runs(cfg):
+    grid = runs(cfg)
+    for run in grid:
         if run.arm == "parent":
             params, tokens, stage = parent_params(cfg), parent_tokens, "parent"
         elif run.arm == "pruned":
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         hours = gpu_hours(cfg, params, tokens) if tokens else res["gpu"] * res["runtime"] / 60
         totals[run.arm] = totals.get(run.arm, 0.0) + hours
         print(f"{run.model_path}\t{res['gpu']}\t{res['mem_mb']}\t{res['runtime']}\t{hours:.0f}")
-    evals = len(runs(cfg)) * cfg["cluster"]["gpus"]["evaluate"] * cfg["cluster"]["stage_runtime_min"]["evaluate"] / 60
+    evals = len(grid) * cfg["cluster"]["gpus"]["evaluate"] * cfg["cluster"]["stage_runtime_min"]["evaluate"] / 60
     totals["evaluate (time limits)"] = evals
     summary = ", ".join(f"{arm} {hours:,.0f}" for arm, hours in totals.items())
     print(f"# expected GPU-hours by arm (6·N·D at MFU {cfg['cluster']['mfu']:g}; prune and evaluate: their time "

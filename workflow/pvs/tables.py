@@ -125,7 +125,7 @@ def _pick(runs: pd.DataFrame, arm: str, method: str | None = None, ratio: float 
 
 def metric(row: pd.Series | None, col: str) -> float:
     """A number of a run row; NaN when there is no run or no such value."""
-    return float("nan") if row is None or pd.isna(row[col]) else float(row[col])
+    return float("nan") if row is None or col not in row.index or pd.isna(row[col]) else float(row[col])
 
 
 def parent_run(runs: pd.DataFrame, grid: Grid) -> pd.Series | None:
@@ -175,10 +175,6 @@ def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
     return df.astype({c: "Int64" for c in columns if c.endswith("_n")})
 
 
-def metric_or_nan(row: pd.Series | None, col: str) -> float:
-    return float("nan") if row is None or col not in row.index else metric(row, col)
-
-
 def _parent_columns(parent: pd.Series | None) -> dict:
     return {"parent_loss": metric(parent, LOSS), "parent_acc": metric(parent, ACC)}
 
@@ -225,9 +221,9 @@ def setting3_table(runs: pd.DataFrame, grid: Grid) -> pd.DataFrame:
             row["winner_acc"] = winner(row["retrain_acc"], row["scratch_flops_acc"], True, "scratch_flops")
             pruned, rival = _pick(runs, "retrain", method, ratio, grid.main), _pick(runs, "scratch_flops", method,
                                                                                      ratio, grid.main)
-            row.update({"retrain_pipeline_flops": metric_or_nan(pruned, "pipeline_flops"),
-                        "scratch_flops_train_flops": metric_or_nan(rival, "train_flops"),
-                        "scratch_flops_tokens": metric_or_nan(rival, "train_tokens")})
+            row.update({"retrain_pipeline_flops": metric(pruned, "pipeline_flops"),
+                        "scratch_flops_train_flops": metric(rival, "train_flops"),
+                        "scratch_flops_tokens": metric(rival, "train_tokens")})
             rows.append(row)
     return _frame(rows, SETTING3_COLUMNS)
 

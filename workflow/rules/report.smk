@@ -4,7 +4,8 @@
 B = config["budgets"]
 ALL_METHODS = "all, coarse → fine"
 RATIOS = ", ".join(f"{r:g}" for r in config["prune"]["ratios"])
-SCALING = "–".join(canonical_budget(b) for b in sorted(B["scaling"], key=parse_tokens)[:: max(1, len(B["scaling"]) - 1)])
+SCALING_BUDGETS = sorted((canonical_budget(b) for b in B["scaling"]), key=parse_tokens)
+SCALING = f"{SCALING_BUDGETS[0]}–{SCALING_BUDGETS[-1]}"  # the token-scaling range, for the report's labels
 MAIN = canonical_budget(B["main"])
 
 

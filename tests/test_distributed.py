@@ -83,3 +83,27 @@ def test_sparse_masks_stay_exact_under_sharding(byte_splits, config, tmp_path):
         assert torch.all(trained[name][~mask] == 0), name
         assert torch.all(trained[name][mask] != 0), name
     assert load_file(str(tmp_path / "retrain" / MASKS_FILE)).keys() == masks.keys()
+
+
+def test_multi_node_launcher_runs_one_torchrun_per_node(byte_splits, config, tmp_path):
+    """The workflow's srun + torchrun command, on a stand-in 2-node allocation (tests/slurm_standin/srun)."""
+    from pvs.config import validate_config
+    from pvs.resources import launcher
+
+    cluster = {"gpus": {"child": 1}, "nodes": {"child": 2}}      # 2 nodes x 1 process each
+    command = launcher(validate_config({"device": "cuda", "cluster": cluster}), "child", sys.executable)
+    assert command.startswith("srun --nodes 2 --ntasks-per-node 1 ")
+    run = ["--arm", "parent", "--tokens", 2048]
+    train(1, byte_splits, tmp_path / "one", config, *run)
+    standin = ROOT / "tests" / "slurm_standin"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "workflow"), "OMP_NUM_THREADS": "1",
+           "PATH": f"{standin}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
+           "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_NNODES": "2", "FAKE_SLURM_DIR": str(tmp_path / "slurm")}
+    args = ["-m", "pvs.train", "--data", byte_splits, "--out", tmp_path / "nodes", "--config", config,
+            "--ckpt", f"{tmp_path / 'nodes'}.ckpt", "--threads", 1, "--device", "cpu", *run]
+    result = subprocess.run(["sh", "-c", f"{command} {' '.join(map(str, args))}"], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    meta = json.loads((tmp_path / "nodes" / "train_meta.json").read_text())
+    assert meta["processes"] == 2
+    assert losses(tmp_path / "nodes") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)

@@ -2,7 +2,8 @@
 """Stand-in SLURM commands for tests: sbatch runs the job on this machine, squeue/sacct report it.
 
 Each command (sbatch, squeue, sacct, sinfo, scontrol, srun, sacctmgr, sshare, scancel) is a link to this
-file. State lives in $FAKE_SLURM_DIR: submissions.jsonl (one line per sbatch call: its argv), and one
+file. srun starts its command once per node (``--nodes N``), all on this machine, as the tasks of a
+multi-node allocation; ``scontrol show hostnames`` names every node ``localhost``. State lives in $FAKE_SLURM_DIR: submissions.jsonl (one line per sbatch call: its argv), and one
 <jobid>.state file per job (RUNNING, then COMPLETED or FAILED).
 """
 import json
@@ -47,9 +48,22 @@ def states():
 
 
 def srun(args):
-    rest = [a for a in args if not a.startswith("-")]
-    command = args[args.index(rest[0]):] if rest else []
-    os.execvp(command[0], command)
+    """Run the command once per node (--nodes N, one task each) with SLURM_NODEID/PROCID set; all on this machine."""
+    i = 0
+    while i < len(args) and args[i].startswith("-"):
+        i += 1 if "=" in args[i] else 2                  # every srun option the workflow uses takes a value
+    command, nodes = args[i:], int(option(args, "--nodes") or option(args, "-N") or 1)
+    tasks = [subprocess.Popen(command, env={**os.environ, "SLURM_NODEID": str(n), "SLURM_PROCID": str(n),
+                                            "SLURM_LOCALID": "0", "SLURM_NNODES": str(nodes)})
+             for n in range(nodes)]
+    sys.exit(max(task.wait() for task in tasks))
+
+
+def scontrol(args):
+    if args[:2] == ["show", "hostnames"]:                 # every node of this stand-in cluster is this machine
+        print("\n".join(["localhost"] * int(os.environ.get("SLURM_NNODES", "1"))))
+    else:
+        print("MinJobAge = 300 sec\nMaxArraySize = 1001\nPartitionName=gpu\n   MaxTime=UNLIMITED")
 
 
 def main():
@@ -63,7 +77,7 @@ def main():
     elif name == "sinfo":
         print("PARTITION\ngpu*")
     elif name == "scontrol":
-        print("MinJobAge = 300 sec\nMaxArraySize = 1001\nPartitionName=gpu\n   MaxTime=UNLIMITED")
+        scontrol(args)
     elif name == "srun":
         srun(args)
     elif name in ("sacctmgr", "sshare"):

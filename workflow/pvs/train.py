@@ -282,14 +282,14 @@ def _train(args: argparse.Namespace, cfg: dict, ctx: distributed.Dist) -> dict:
             return {}
         final = LlamaForCausalLM(model.config)
         final.load_state_dict(full)
-    meta = finish(args, cfg, final, dense_masks, log, ckpt_dir, signature, seconds, start_step)
+    meta = finish(args, cfg, final, dense_masks, log, ckpt_dir, signature, seconds, start_step, ctx.world)
     if ctx.sharded:
         torch.distributed.barrier()
     return meta
 
 
 def finish(args, cfg, model, masks, log: MetricsLog, ckpt_dir: Path, signature: dict, seconds: float,
-           start_step: int) -> dict:
+           start_step: int, processes: int) -> dict:
     """Write the trained model, its metrics and train_meta.json into --out; drop the checkpoint."""
     out = Path(args.out)
     records = [json.loads(line) for line in log.path.read_text().splitlines()]
@@ -302,7 +302,7 @@ def finish(args, cfg, model, masks, log: MetricsLog, ckpt_dir: Path, signature: 
     meta = {**signature, "tokens_seen": records[-1]["tokens"], "final_train_loss": sum(tail) / len(tail),
             "final_val_loss": next(r["val_loss"] for r in reversed(records) if "val_loss" in r),
             "params": count_params(model, masks), "seconds_this_run": seconds, "resumed_from_step": start_step,
-            "versions": library_versions(), "study": cfg["study"]}
+            "processes": processes, "versions": library_versions(), "study": cfg["study"]}
     write_json(out / "train_meta.json", meta)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     print(f"[train] done: {meta['tokens_seen']} tokens, final train loss {meta['final_train_loss']:.4f}, "

@@ -9,6 +9,7 @@ import json
 import math
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,6 +99,28 @@ def test_generation_is_deterministic_given_the_seed(byte_splits, task_dir, tmp_p
     for name in ("heldout_mc.jsonl", "heldout_cloze.jsonl"):
         assert (tmp_path / "same" / name).read_text() == (task_dir / name).read_text()
         assert (tmp_path / "other" / name).read_text() != (task_dir / name).read_text()
+
+
+def test_paper_hub_tasks_are_registry_tasks_with_their_metrics():
+    """configs/paper.yaml's eight lm-eval tasks exist offline in the pinned lm-eval, with the named metrics."""
+    from lm_eval.tasks import TaskManager
+
+    from pvs.config import load_config
+
+    hub = load_config(Path(__file__).resolve().parents[1] / "configs" / "paper.yaml")["evaluate"]["hub_tasks"]
+    assert hub == {"winogrande": "acc", "arc_challenge": "acc_norm", "arc_easy": "acc_norm", "hellaswag": "acc_norm",
+                   "piqa": "acc_norm", "sciq": "acc", "boolq": "acc", "openbookqa": "acc_norm"}
+    evaltasks.check_hub_tasks(hub, TaskManager())
+
+
+def test_a_wrong_hub_task_or_metric_is_named_before_any_evaluation(capsys):
+    code = evaltasks.main(["--check-only", "--hub-tasks", "arc_eazy=acc", "piqa=accuracy", "ai2_arc=acc", "sciq=acc"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "evaluate.hub_tasks.arc_eazy: no lm-eval task" in err and "arc_easy" in err
+    assert "evaluate.hub_tasks.piqa = 'accuracy': lm-eval's piqa reports acc, acc_norm" in err
+    assert "evaluate.hub_tasks.ai2_arc: a tag" in err and "arc_challenge, arc_easy" in err
+    assert "sciq" not in err
 
 
 def test_blimp_is_skipped_cleanly_when_its_directory_is_absent(byte_splits, tmp_path, caplog):

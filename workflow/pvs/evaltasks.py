@@ -18,6 +18,11 @@ Tasks written into --out (one YAML + one jsonl each; ``data_files`` are absolute
                   sentences are scored without context and acc = the good sentence gets the higher total
                   log-likelihood (standard BLiMP scoring). Group ``blimp`` = unweighted mean acc.
 
+``--hub-tasks task=metric ...`` (the workflow passes ``evaluate.hub_tasks``) checks, offline, that every
+lm-eval registry task named there exists and reports that metric; a wrong name or metric fails here, before
+any model is evaluated. ``--check-only`` runs just that check (no --data needed), e.g. before submitting:
+``python -m pvs.evaltasks --check-only --config configs/paper.yaml``.
+
 ``tasks.json`` maps every task name (and the group ``blimp``) to its primary metric. Examples are drawn
 deterministically from --seed; the held-out documents are the validation documents (never trained on).
 """
@@ -263,6 +268,48 @@ def write_blimp_tasks(blimp_dir: Path | None, out: Path, subtasks: list[str], li
     return tasks
 
 
+def check_hub_tasks(hub_tasks: dict[str, str], task_manager=None) -> None:
+    """Every ``evaluate.hub_tasks`` entry names an lm-eval task or group and one of its metrics.
+
+    Offline: lm-eval ships its task YAMLs, so only its index is read (about 10 s), no dataset. Tags (e.g.
+    ai2_arc) are refused: a tag reports no metric of its own, list its tasks instead."""
+    import difflib
+
+    if not hub_tasks:
+        return
+    if task_manager is None:
+        from lm_eval.tasks import TaskManager
+
+        task_manager = TaskManager()
+    index, problems = task_manager.task_index, []
+    for name, metric in hub_tasks.items():
+        entry = index.get(name)
+        if entry is None:
+            close = difflib.get_close_matches(name, list(index), n=3)
+            problems.append(f"evaluate.hub_tasks.{name}: no lm-eval task or group of that name"
+                            + (f" (close: {', '.join(close)})" if close else ""))
+            continue
+        kind = entry.kind.name.lower()
+        if kind == "tag":
+            members = sorted(n for n, e in index.items() if name in (getattr(e, "tags", None) or ()))
+            problems.append(f"evaluate.hub_tasks.{name}: a tag of lm-eval tasks, not a task; list its tasks: "
+                            f"{', '.join(members)}")
+            continue
+        listed = (entry.cfg or {}).get("metric_list" if kind == "task" else "aggregate_metric_list")
+        metrics = [m["metric"] for m in listed or []]
+        if metrics and metric not in metrics:
+            problems.append(f"evaluate.hub_tasks.{name} = {metric!r}: lm-eval's {name} reports {', '.join(metrics)}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def _task_metric(text: str) -> tuple[str, str]:
+    if text.count("=") != 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected task=metric, e.g. arc_easy=acc_norm")
+    task, metric = text.split("=")
+    return task, metric
+
+
 def generate(data_dir: str | Path, out: str | Path, examples: int, seed: int, blimp_dir: str | Path | None,
              blimp_subtasks: list[str], blimp_limit: int | None) -> dict[str, str]:
     """Write every task into ``out`` and ``out/tasks.json``; returns {task or group: primary metric}."""
@@ -282,8 +329,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pvs.evaltasks", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 2)[2])
-    parser.add_argument("--data", required=True, help="prepared data directory holding heldout_docs.jsonl")
-    parser.add_argument("--out", required=True, help="directory to write the task YAMLs, jsonl data and tasks.json")
+    parser.add_argument("--data", help="prepared data directory holding heldout_docs.jsonl (required unless "
+                                       "--check-only)")
+    parser.add_argument("--out", help="directory to write the task YAMLs, jsonl data and tasks.json (required "
+                                      "unless --check-only)")
+    parser.add_argument("--hub-tasks", nargs="*", type=_task_metric, default=[], metavar="TASK=METRIC",
+                        help="lm-eval registry tasks and their metrics to check (evaluate.hub_tasks)")
+    parser.add_argument("--config", help="study config (YAML): --hub-tasks default to its evaluate.hub_tasks")
+    parser.add_argument("--check-only", action="store_true", help="only check --hub-tasks; write nothing")
     parser.add_argument("--examples", type=int, default=defaults["local_task_examples"],
                         help="examples per generated local task (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the example sampling (default: %(default)s)")
@@ -294,13 +347,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--blimp-limit", type=lambda s: None if s in ("null", "None", "all") else int(s),
                         default=defaults["blimp_limit"],
                         help="minimal pairs per phenomenon, 'all' for every pair (default: %(default)s)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.config and not args.hub_tasks:
+        from pvs.config import ConfigError, load_config
+
+        try:
+            args.hub_tasks = list(load_config(args.config)["evaluate"]["hub_tasks"].items())
+        except ConfigError as e:
+            parser.error(str(e))
+    if not args.check_only and not (args.data and args.out):
+        parser.error("--data and --out are required (unless --check-only)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[evaltasks] %(message)s", stream=sys.stderr)
     args = parse_args(argv)
     try:
+        check_hub_tasks(dict(args.hub_tasks))
+        if args.hub_tasks:
+            log.info("hub tasks found in lm-eval's registry with their metrics: %s",
+                     ", ".join(f"{t}={m}" for t, m in args.hub_tasks))
+        if args.check_only:
+            return 0
         tasks = generate(args.data, args.out, args.examples, args.seed, args.blimp_dir, args.blimp_subtasks,
                          args.blimp_limit)
     except (FileNotFoundError, ValueError) as e:

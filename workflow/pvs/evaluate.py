@@ -46,6 +46,7 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from pvs.config import ConfigError, load_config, validate_config  # noqa: E402
+from pvs.evaltasks import check_hub_tasks  # noqa: E402
 from pvs.modeling import (count_params, load_masks, load_model, load_tokenizer, pick_device,  # noqa: E402
                           shape_of, write_json)
 from pvs.tokens import load_split, read_manifest, spread_windows  # noqa: E402
@@ -241,6 +242,7 @@ def run_lmeval(model, tokenizer, task_dir: Path, batch_size: int, limit: int | N
     quiet_lm_eval()
     primary = {**json.loads((task_dir / "tasks.json").read_text()), **(hub_tasks or {})}
     task_manager = TaskManager(include_path=str(task_dir), include_defaults=bool(hub_tasks))
+    check_hub_tasks(hub_tasks or {}, task_manager)
     top = top_level_tasks(task_manager, primary, task_dir)
     lm = separator_lm(model, tokenizer, batch_size, separator_id)
     results = simple_evaluate(model=lm, tasks=top, task_manager=task_manager, limit=limit, bootstrap_iters=0,
@@ -350,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("pvs.evaluate: --tasks is required unless lm-eval is off (--no-lmeval)")
     try:
         result = evaluate(args, cfg)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         print(f"pvs.evaluate: error: {e}", file=sys.stderr)
         return 2
     write_json(args.out, result)

@@ -71,6 +71,9 @@ rule eval_tasks:
     params:
         evaluate=config["evaluate"],
         seed=config["seed"],
+        hub_tasks=" ".join(["--hub-tasks"] + [f"{t}={m}" for t, m in config["evaluate"]["hub_tasks"].items()])
+        if config["evaluate"]["hub_tasks"]
+        else "",
         blimp=(
             f"--blimp-dir {config['evaluate']['blimp_dir']} --blimp-limit {config['evaluate']['blimp_limit'] or 'all'}"
             f" --blimp-subtasks {' '.join(config['evaluate']['blimp_subtasks'])}"
@@ -83,4 +86,4 @@ rule eval_tasks:
         f"{R}/benchmarks/data/eval_tasks.tsv"
     shell:
         f"{PY} -m pvs.evaltasks --data {R}/data --out {{output}} --examples {config['evaluate']['local_task_examples']}"
-        f" --seed {config['seed']} {{params.blimp}} > {{log}} 2>&1"
+        f" --seed {config['seed']} {{params.blimp}} {{params.hub_tasks}} > {{log}} 2>&1"

@@ -13,7 +13,7 @@ import yaml
 
 from pvs import shards
 from pvs.config import ConfigError, validate_config
-from pvs.tokens import load_split, read_manifest
+from pvs.tokens import TokenStream, TokenView, load_split, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,9 +68,51 @@ def test_assemble_cuts_disjoint_slices_by_token_offset(local_dataset, byte_split
     for name in shards.ORDER:                                        # every slice ends at a document boundary
         assert load_split(tmp_path / "data", name)[-1] == eos, name
     assert sum(splits[n]["documents"] for n in shards.ORDER) == 200
+    # nothing copied: the splits are ranges of the shard files, read in place, and together they are the shards
+    assert not list((tmp_path / "data").glob("*.bin"))
+    assert all(isinstance(load_split(tmp_path / "data", n), TokenView) for n in shards.ORDER)
+    stream = np.concatenate([load_split(tmp_path / "data", n)[:] for n in shards.ORDER])
+    on_disk = np.concatenate([np.fromfile(tmp_path / "shards" / f"{k}.bin", dtype=manifest["dtype"]) for k in range(2)])
+    assert np.array_equal(stream, on_disk)
+    spanning = [n for n in shards.ORDER if len(splits[n]["ranges"]) == 2]
+    assert spanning, "one split should span both shards"
+    for name in shards.ORDER:                                        # documents = EOS tokens in the slice
+        assert splits[name]["documents"] == int((load_split(tmp_path / "data", name)[:] == eos).sum()), name
     assert read_manifest(tmp_path / "data")["vocab_size"] == manifest["vocab_size"]
     heldout = (tmp_path / "data" / "heldout_docs.jsonl").read_text().splitlines()
     assert len(heldout) == splits["val"]["documents"] and json.loads(heldout[0])["text"].startswith("doc ")
+
+
+def test_token_view_reads_ranges_of_several_files_as_one_array(tmp_path):
+    a, b = np.arange(10, dtype=np.uint16), np.arange(100, 107, dtype=np.uint16)
+    a.tofile(tmp_path / "a.bin"), b.tofile(tmp_path / "b.bin")
+    view = TokenView([np.memmap(tmp_path / "a.bin", dtype=np.uint16, mode="r")[4:10],
+                      np.memmap(tmp_path / "b.bin", dtype=np.uint16, mode="r")[0:5]])
+    expected = np.concatenate([a[4:10], b[0:5]])
+    assert len(view) == 11 and np.array_equal(view[:], expected)
+    assert np.array_equal(view[3:9], expected[3:9]) and view[-1] == 104 and view[6] == 100
+    assert np.array_equal(np.concatenate(list(view.chunks(2, 11, size=3))), expected[2:11])
+    assert list(view.pieces(5, 8)) == [(0, 5, 6), (1, 0, 2)]
+    stream = TokenStream([view])                                      # the trainer's reader, wrapping around
+    assert np.array_equal(stream.read(9, 4), np.concatenate([expected[9:], expected[:2]]))
+    with pytest.raises(IndexError):
+        view[11]
+    with pytest.raises(ValueError, match="step 1"):
+        view[::2]
+
+
+def test_a_child_trains_on_sharded_splits(local_dataset, byte_splits, tmp_path):
+    """pvs.train reads the shard ranges through the same loader: the loss falls."""
+    cfg, tok = config(local_dataset, byte_splits / "tokenizer"), str(byte_splits / "tokenizer")
+    for k in range(2):
+        shards.tokenize_shard(cfg, k, tok, tmp_path / "shards")
+    shards.assemble(cfg, tmp_path / "shards", tok, tmp_path / "data")
+    from test_distributed import losses, train, write_config
+
+    train(1, tmp_path / "data", tmp_path / "parent", write_config(tmp_path / "c.yaml"), "--arm", "parent",
+          "--tokens", 2048)
+    trajectory = losses(tmp_path / "parent")
+    assert len(trajectory) == 16 and trajectory[-1] < trajectory[0] - 0.5
 
 
 def test_sharded_data_needs_a_tokenizer(local_dataset):

@@ -12,8 +12,11 @@ At most ``data.hf.max_documents / K`` rows per shard.
 
 ``assemble`` reads the shards in order as one token stream and cuts it, at document boundaries, into
 disjoint slices by token offset: val, calib, pretrain (the parent's), retrain (the children's), with
-``data.splits`` as fractions of the tokens. It writes the split files, the tokenizer, heldout_docs.jsonl
-and manifest.json in the layout of ``pvs.data`` (manifest last).
+``data.splits`` as fractions of the tokens. It copies nothing: manifest.json records each split as ranges
+of the shard files (``pvs.tokens.load_split`` reads them in place), next to the tokenizer and
+heldout_docs.jsonl in the layout of ``pvs.data`` (manifest last). Only the shards at the cut points are
+read, to find document boundaries and count documents, so assembling costs the same at any corpus size.
+The shard folder must stay next to the data it serves.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from tqdm import tqdm
 from pvs.config import ConfigError, load_config
 from pvs.corpus.bpe import load_pretrained, token_dtype
 from pvs.corpus.sources import CorpusError
+from pvs.tokens import TokenView
 from pvs.versions import library_versions
 
 log = logging.getLogger("pvs.shards")
@@ -92,40 +96,41 @@ def tokenize_shard(cfg: dict, shard: int, tokenizer_dir: str, out: str | Path, m
     bar.close()
     if max_rows_this_run is not None and done["rows"] < cap and budget == 0:
         return {}
+    digest, documents = hashlib.sha256(), 0
+    whole = TokenView([np.memmap(partial, dtype=dtype, mode="r")]) if done["tokens"] else None
+    for chunk in whole.chunks(0, len(whole)) if whole else ():      # in chunks: memory flat at any shard size
+        digest.update(chunk.tobytes())
+        documents += int((chunk == tokenizer.eos_token_id).sum())
     record = {"shard": shard, "shards": shards, "rows": done["rows"], "tokens": done["tokens"], "dtype": dtype.name,
-              "sha256": hashlib.sha256(partial.read_bytes()).hexdigest()}
+              "documents": documents, "sha256": digest.hexdigest()}
     os.replace(partial, out / f"{shard}.bin")
     _write_json(out / f"{shard}.json", record)
     progress_path.unlink(missing_ok=True)
     return record
 
 
-class ShardStream:
-    """The finished shards as one read-only token stream (memory-mapped, never loaded whole)."""
+def cut(stream: TokenView, target: int, eos: int) -> int:
+    """The first document boundary (just after an EOS) at or after ``target``."""
+    position = target
+    for chunk in stream.chunks(target, len(stream)):
+        hits = np.flatnonzero(chunk == eos)
+        if len(hits):
+            return position + int(hits[0]) + 1
+        position += len(chunk)
+    return len(stream)
 
-    def __init__(self, paths: list[Path], dtype: str):
-        self.parts = [np.memmap(p, dtype=dtype, mode="r") for p in paths]
-        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
 
-    def __len__(self) -> int:
-        return int(self.starts[-1])
-
-    def chunks(self, a: int, b: int, size: int = 1 << 24):
-        """Tokens [a, b) as consecutive arrays of at most ``size`` tokens."""
-        for k, part in enumerate(self.parts):
-            lo, hi = max(a, self.starts[k]), min(b, self.starts[k + 1])
-            for x in range(lo, hi, size):
-                yield np.asarray(part[x - self.starts[k]:min(hi, x + size) - self.starts[k]])
-
-    def cut(self, target: int, eos: int) -> int:
-        """The first document boundary (just after an EOS) at or after ``target``."""
-        position = target
-        for chunk in self.chunks(target, len(self)):
-            hits = np.flatnonzero(chunk == eos)
-            if len(hits):
-                return position + int(hits[0]) + 1
-            position += len(chunk)
-        return len(self)
+def split_record(stream: TokenView, a: int, b: int, files: list[str], records: list[dict], eos: int) -> dict:
+    """Tokens [a, b) of the stream as shard ranges; documents counted from the records (read only at the ends)."""
+    ranges, documents = [], 0
+    for k, lo, hi in stream.pieces(a, b):
+        ranges.append([files[k], lo, hi])
+        if (lo, hi) == (0, records[k]["tokens"]) and "documents" in records[k]:
+            documents += records[k]["documents"]
+        else:
+            first = int(stream.starts[k])
+            documents += sum(int((chunk == eos).sum()) for chunk in stream.chunks(first + lo, first + hi))
+    return {"ranges": ranges, "offset": [int(a), int(b)], "documents": documents, "tokens": int(b - a)}
 
 
 def assemble(cfg: dict, shards_dir: str | Path, tokenizer_dir: str, out: str | Path) -> dict:
@@ -133,31 +138,29 @@ def assemble(cfg: dict, shards_dir: str | Path, tokenizer_dir: str, out: str | P
     shards_dir, out, data = Path(shards_dir), Path(out), cfg["data"]
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)
-    records = [json.loads((shards_dir / f"{k}.json").read_text()) for k in range(data["hf"]["shards"])]
+    shard_records = [json.loads((shards_dir / f"{k}.json").read_text()) for k in range(data["hf"]["shards"])]
+    records = [r for r in shard_records if r["tokens"]]                  # empty shards add nothing
+    if not records:
+        raise CorpusError(f"data.hf: the {len(shard_records)} shards in {shards_dir} hold no tokens")
     dtype = records[0]["dtype"]
-    stream = ShardStream([shards_dir / f"{k}.bin" for k in range(len(records))], dtype)
+    paths = [shards_dir / f"{r['shard']}.bin" for r in records]
+    stream = TokenView([np.memmap(p, dtype=dtype, mode="r") for p in paths])
+    files = [os.path.relpath(p.resolve(), out.resolve()) for p in paths]     # relative to the data directory
     tokenizer = load_pretrained(tokenizer_dir, str(out / "cache"))
     eos = tokenizer.eos_token_id
     fractions = data["splits"]
     bounds, start = {}, 0
     for name in ORDER[:-1]:
         share = fractions[name] if name in fractions else 1 - sum(fractions.values())
-        end = stream.cut(start + int(share * len(stream)), eos)
+        end = cut(stream, start + int(share * len(stream)), eos)
         bounds[name], start = (start, end), end
     bounds["retrain"] = (start, len(stream))
     source = data["hf"]["name"].rstrip("/").split("/")[-1]
     splits = {}
-    for name, (a, b) in bounds.items():      # copied in chunks: memory stays flat at any corpus size
-        tmp, digest, documents = out / f".{name}.bin.tmp", hashlib.sha256(), 0
-        with open(tmp, "wb") as f:
-            for chunk in stream.chunks(a, b):
-                f.write(chunk.tobytes())
-                digest.update(chunk.tobytes())
-                documents += int((chunk == eos).sum())
-        os.replace(tmp, out / f"{name}.bin")
-        splits[name] = {"file": f"{name}.bin", "offset": [int(a), int(b)], "documents": documents,
-                        "tokens": int(b - a), "sources": {source: documents}, "sha256": digest.hexdigest()}
-    val = np.fromfile(out / "val.bin", dtype=dtype)
+    for name, (a, b) in bounds.items():
+        record = split_record(stream, a, b, files, records, eos)
+        splits[name] = {**record, "sources": {source: record["documents"]}}
+    val = stream[slice(*bounds["val"])]
     docs = np.split(val, np.flatnonzero(val == eos) + 1)
     with open(out / ".heldout_docs.jsonl.tmp", "w", encoding="utf-8") as f:
         for doc in docs:
@@ -168,7 +171,7 @@ def assemble(cfg: dict, shards_dir: str | Path, tokenizer_dir: str, out: str | P
     manifest = {"study": cfg["study"], "source": "hf", "dtype": dtype, "vocab_size": len(tokenizer), "eos_id": eos,
                 "seed": cfg["seed"], "split_fractions": fractions, "split_by": "token offset (val, calib, pretrain, retrain)",
                 "tokenizer": {"pretrained": tokenizer_dir}, "sources": [{"name": source, "origin": {"hf": data["hf"]}}],
-                "shards": records, "splits": splits, "val_sources": {source: [0, splits["val"]["tokens"]]},
+                "shards": shard_records, "splits": splits, "val_sources": {source: [0, splits["val"]["tokens"]]},
                 "total_tokens": int(len(stream)), "versions": library_versions()}
     _write_json(out / "manifest.json", manifest)
     return manifest

@@ -10,7 +10,11 @@ Layout of a prepared data directory (``results/data``)::
     heldout_docs.jsonl    the validation documents as text ({"source", "text"}), for generated eval tasks
     manifest.json         sources, sha256s, sizes, token counts, hashes
 
-Documents are separated by the tokenizer's ``<|endoftext|>`` token.
+Sharded data (``pvs.shards``) writes no split files: each split is a list of token ranges of the shard
+files (``manifest["splits"][split]["ranges"]``: ``[[file, start, end], ...]``, files relative to the
+data directory), read in place as one array (``TokenView``). Nothing is copied at any corpus size.
+
+Documents are separated by the tokenizer's end-of-text token.
 """
 from __future__ import annotations
 
@@ -28,15 +32,60 @@ def read_manifest(data_dir: str | os.PathLike) -> dict:
         return json.load(f)
 
 
-def load_split(data_dir: str | os.PathLike, split: str) -> np.ndarray:
-    """A read-only memmap over one split's tokens."""
+class TokenView:
+    """Several read-only token arrays (memmap slices) as one array: ``len``, slices and single tokens."""
+
+    def __init__(self, parts: list[np.ndarray]):
+        if not parts:
+            raise ValueError("a token view needs at least one part")
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in parts])
+        self.dtype = parts[0].dtype
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def pieces(self, a: int, b: int):
+        """(part index, start, end) within each part, covering tokens [a, b) of the view in order."""
+        for k in range(len(self.parts)):
+            lo, hi = max(a, self.starts[k]), min(b, self.starts[k + 1])
+            if lo < hi:
+                yield k, int(lo - self.starts[k]), int(hi - self.starts[k])
+
+    def chunks(self, a: int, b: int, size: int = 1 << 24):
+        """Tokens [a, b) as consecutive arrays of at most ``size`` tokens (memory stays flat)."""
+        for k, lo, hi in self.pieces(a, b):
+            for x in range(lo, hi, size):
+                yield np.asarray(self.parts[k][x:min(hi, x + size)])
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            a, b, step = key.indices(len(self))
+            if step != 1:
+                raise ValueError("a token view is sliced with step 1 only")
+            pieces = [np.asarray(self.parts[k][lo:hi]) for k, lo, hi in self.pieces(a, b)]
+            return np.concatenate(pieces) if pieces else np.empty(0, self.dtype)
+        i = int(key) + len(self) if int(key) < 0 else int(key)
+        if not 0 <= i < len(self):
+            raise IndexError(key)
+        k = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return self.parts[k][i - self.starts[k]]
+
+
+def load_split(data_dir: str | os.PathLike, split: str) -> np.ndarray | TokenView:
+    """A read-only view of one split's tokens: a memmap of ``<split>.bin``, or a TokenView of shard ranges."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
-    dtype = read_manifest(data_dir)["dtype"]
-    path = Path(data_dir) / f"{split}.bin"
-    if not path.exists():
-        raise FileNotFoundError(f"token file {path} is missing: run the data stage (python -m pvs.data) first")
-    return np.memmap(path, dtype=dtype, mode="r")
+    manifest = read_manifest(data_dir)
+    ranges = manifest["splits"].get(split, {}).get("ranges")
+    files = [Path(data_dir) / f for f, _, _ in ranges] if ranges else [Path(data_dir) / f"{split}.bin"]
+    for path in files:
+        if not path.exists():
+            raise FileNotFoundError(f"token file {path} is missing: run the data stage (python -m pvs.data) first")
+    if not ranges:
+        return np.memmap(files[0], dtype=manifest["dtype"], mode="r")
+    return TokenView([np.memmap(path, dtype=manifest["dtype"], mode="r")[a:b]
+                      for path, (_, a, b) in zip(files, ranges)])
 
 
 def spread_windows(tokens: np.ndarray, seq_len: int, count: int | None) -> np.ndarray:

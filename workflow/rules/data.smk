@@ -4,19 +4,25 @@
 TOKENIZER = config["data"]["tokenizer"] or (
     config["parent"]["pretrained"] if config["parent"]["source"] == "pretrained" else None
 )
+SHARDS = config["data"]["hf"]["shards"] if config["data"]["source"] == "hf" else 0
 DATA_OUTPUTS = dict(
     manifest=f"{R}/data/manifest.json",
-    splits=expand(f"{R}/data/{{split}}.bin", split=["pretrain", "retrain", "calib", "val"]),
     heldout=f"{R}/data/heldout_docs.jsonl",
     tokenizer=directory(f"{R}/data/tokenizer"),
 )
-SHARDS = config["data"]["hf"]["shards"] if config["data"]["source"] == "hf" else 0
+# the files holding the splits' tokens: four split files, or (sharded data) the shards, read in place
+SPLIT_FILES = (
+    expand(f"{R}/data/shards/{{shard}}.bin", shard=range(SHARDS))
+    if SHARDS
+    else expand(f"{R}/data/{{split}}.bin", split=["pretrain", "retrain", "calib", "val"])
+)
 
 if not SHARDS:
 
     rule prepare_data:
         output:
             **DATA_OUTPUTS,
+            splits=SPLIT_FILES,
         params:
             data=config["data"],
             seed=config["seed"],

@@ -7,7 +7,7 @@ if config["parent"]["source"] == "train":
     rule train_parent:
         input:
             manifest=DATA.manifest,
-            splits=DATA.splits,
+            splits=SPLIT_FILES,
         output:
             directory(f"{R}/models/parent"),
         params:

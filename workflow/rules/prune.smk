@@ -5,7 +5,7 @@ rule prune:
     input:
         parent=f"{R}/models/parent",
         manifest=DATA.manifest,
-        splits=DATA.splits,
+        splits=SPLIT_FILES,
     output:
         directory(f"{R}/models/pruned/{{method}}/r{{ratio}}"),
     params:

@@ -19,7 +19,7 @@ rule train_child:
     input:
         unpack(child_inputs),
         manifest=DATA.manifest,
-        splits=DATA.splits,
+        splits=SPLIT_FILES,
     output:
         directory(f"{R}/models/{{arm}}/{{method}}/r{{ratio}}/N{{budget}}{{replica}}"),
     params:

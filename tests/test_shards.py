@@ -3,6 +3,7 @@ resume, splits by token offset, and the workflow's data jobs end to end."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +92,8 @@ def test_token_view_reads_ranges_of_several_files_as_one_array(tmp_path):
     expected = np.concatenate([a[4:10], b[0:5]])
     assert len(view) == 11 and np.array_equal(view[:], expected)
     assert np.array_equal(view[3:9], expected[3:9]) and view[-1] == 104 and view[6] == 100
+    positions = np.array([[0, 5, 6], [10, -1, 2]])                   # evaluation gathers windows this way
+    assert np.array_equal(view[positions], expected[positions])
     assert np.array_equal(np.concatenate(list(view.chunks(2, 11, size=3))), expected[2:11])
     assert list(view.pieces(5, 8)) == [(0, 5, 6), (1, 0, 2)]
     stream = TokenStream([view])                                      # the trainer's reader, wrapping around
@@ -101,8 +104,8 @@ def test_token_view_reads_ranges_of_several_files_as_one_array(tmp_path):
         view[::2]
 
 
-def test_a_child_trains_on_sharded_splits(local_dataset, byte_splits, tmp_path):
-    """pvs.train reads the shard ranges through the same loader: the loss falls."""
+def test_a_parent_trains_and_evaluates_on_sharded_splits(local_dataset, byte_splits, tmp_path):
+    """pvs.train and pvs.evaluate read the shard ranges through the same loader: the loss falls, val scores."""
     cfg, tok = config(local_dataset, byte_splits / "tokenizer"), str(byte_splits / "tokenizer")
     for k in range(2):
         shards.tokenize_shard(cfg, k, tok, tmp_path / "shards")
@@ -113,6 +116,14 @@ def test_a_child_trains_on_sharded_splits(local_dataset, byte_splits, tmp_path):
           "--tokens", 2048)
     trajectory = losses(tmp_path / "parent")
     assert len(trajectory) == 16 and trajectory[-1] < trajectory[0] - 0.5
+    out = tmp_path / "eval.json"
+    result = subprocess.run([sys.executable, "-m", "pvs.evaluate", "--model", tmp_path / "parent", "--data",
+                             tmp_path / "data", "--out", out, "--no-lmeval", "--val-windows", "8", "--threads", "1"],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "workflow")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads(out.read_text())["metrics"]
+    assert metrics["val_loss"] < np.log(read_manifest(tmp_path / "data")["vocab_size"])     # better than uniform
 
 
 def test_sharded_data_needs_a_tokenizer(local_dataset):

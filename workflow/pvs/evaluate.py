@@ -69,7 +69,7 @@ def check_inputs(model_dir: Path, data_dir: Path, task_dir: Path | None) -> None
     if not any((model_dir / name).exists() for name in WEIGHT_FILES):
         raise FileNotFoundError(f"model weights {model_dir / WEIGHT_FILES[0]} are missing")
     _require(data_dir / "manifest.json", "data manifest")
-    _require(data_dir / "val.bin", "validation tokens")
+    load_split(data_dir, "val")                  # names the missing token file (val.bin, or a shard)
     if task_dir is not None:
         _require(task_dir / "tasks.json", "task list (python -m pvs.evaltasks)")
 

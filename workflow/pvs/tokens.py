@@ -33,7 +33,7 @@ def read_manifest(data_dir: str | os.PathLike) -> dict:
 
 
 class TokenView:
-    """Several read-only token arrays (memmap slices) as one array: ``len``, slices and single tokens."""
+    """Several read-only token arrays (memmap slices) as one array: ``len``, slices, positions, position arrays."""
 
     def __init__(self, parts: list[np.ndarray]):
         if not parts:
@@ -65,11 +65,16 @@ class TokenView:
                 raise ValueError("a token view is sliced with step 1 only")
             pieces = [np.asarray(self.parts[k][lo:hi]) for k, lo, hi in self.pieces(a, b)]
             return np.concatenate(pieces) if pieces else np.empty(0, self.dtype)
-        i = int(key) + len(self) if int(key) < 0 else int(key)
-        if not 0 <= i < len(self):
-            raise IndexError(key)
-        k = int(np.searchsorted(self.starts, i, side="right")) - 1
-        return self.parts[k][i - self.starts[k]]
+        index = np.asarray(key, dtype=np.int64)                   # one position or an array of positions
+        index = np.where(index < 0, index + len(self), index)
+        if index.size and (index.min() < 0 or index.max() >= len(self)):
+            raise IndexError(f"position out of range for a view of {len(self)} tokens")
+        part = np.searchsorted(self.starts, index, side="right") - 1
+        out = np.empty(index.shape, dtype=self.dtype)
+        for k in np.unique(part):
+            inside = part == k
+            out[inside] = self.parts[k][index[inside] - self.starts[k]]
+        return out[()] if out.ndim == 0 else out
 
 
 def load_split(data_dir: str | os.PathLike, split: str) -> np.ndarray | TokenView:

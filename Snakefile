@@ -26,6 +26,7 @@ include: "workflow/rules/report.smk"
 localrules:
     all,
     eval_tasks,
+    eval_sets,
     setting3_budget,
     report,
 

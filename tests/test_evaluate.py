@@ -17,7 +17,7 @@ import torch
 from conftest import SHARED_BLIMP, TINY_ARCH
 from safetensors.torch import save_file
 
-from pvs import evaltasks, evaluate
+from pvs import evalsets, evaltasks, evaluate
 from pvs.modeling import load_model, load_tokenizer, llama_config, new_model
 from pvs.tokens import read_manifest
 
@@ -262,25 +262,68 @@ def test_meta_values_are_parsed():
         evaluate.parse_meta(["novalue"])
 
 
-def test_perplexity_on_a_local_datasets_dataset(tiny_trained_model, byte_splits, tmp_path):
-    """evaluate.perplexity_datasets (WikiText/C4 at scale) on a local json dataset: the exact windows' NLL."""
-    import json as _json
-    import math as _math
-
-    from pvs.evaluate import dataset_perplexity, token_nll
-    from pvs.modeling import load_model, load_tokenizer
-
-    texts = [line for line in heldout_texts(byte_splits)[:20]]
-    (tmp_path / "ds").mkdir()
-    with open(tmp_path / "ds" / "test.jsonl", "w") as f:
+def local_text_dataset(texts: list[str], root: Path) -> Path:
+    """A json dataset (field "body", split "test") that `datasets.load_dataset(DIR, streaming=True)` reads."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "test.jsonl", "w") as f:
         for text in texts:
-            f.write(_json.dumps({"body": text}) + "\n")
-    model, tok = load_model(tiny_trained_model).eval(), load_tokenizer(byte_splits / "tokenizer")
-    eos = tok.eos_token_id
-    spec = {"name": str(tmp_path / "ds"), "split": "test", "text_field": "body"}
-    ppl, scored = dataset_perplexity(model, tok, spec, 64, 1000, 8, eos, torch.device("cpu"))
+            f.write(json.dumps({"body": text}) + "\n")
+    return root
+
+
+def test_perplexity_sets_are_fetched_once_and_scored_offline(tiny_trained_model, byte_splits, tmp_path, capsys):
+    """evaluate.perplexity_datasets (WikiText/C4 at scale) on a local json dataset: fetched into a token file by
+    pvs.evalsets, then pvs.evaluate scores exactly its windows."""
+    import yaml
+
+    from pvs.evalsets import read_perplexity_set
+
+    texts = heldout_texts(byte_splits)[:20]
+    spec = {"name": str(local_text_dataset(texts, tmp_path / "ds")), "split": "test", "text_field": "body"}
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"train": {"seq_len": 64}, "evaluate": {
+        "perplexity_datasets": {"local": spec}, "perplexity_max_tokens": 1000}}))
+    assert evalsets.main(["--config", str(config), "--data", str(byte_splits), "--out", str(tmp_path / "sets")]) == 0
+    tok = load_tokenizer(byte_splits / "tokenizer")
+    eos = read_manifest(byte_splits)["eos_id"]
     ids = [i for t in texts if t.strip() for i in tok(t, add_special_tokens=False)["input_ids"] + [eos]]
-    windows = np.asarray(ids[:15 * 64], dtype=np.int64).reshape(15, 64)        # 1000 tokens -> 15 windows
-    expected = token_nll(model, windows, 8, torch.device("cpu"))
-    assert scored == expected.numel() and ppl == pytest.approx(_math.exp(expected.mean().item()), rel=1e-5)
-    assert 1 < ppl < len(tok)                                                   # better than uniform
+    assert np.array_equal(read_perplexity_set(tmp_path / "sets", "local"), ids[:1000])
+    index = json.loads((tmp_path / "sets" / "index.json").read_text())
+    assert index["perplexity_sets"]["local"]["tokens"] == 1000 and index["hub_tasks"] == {}
+
+    base = ["--model", str(tiny_trained_model), "--data", str(byte_splits), "--config", str(config), "--no-lmeval",
+            "--val-windows", "4"]
+    assert evaluate.main(base + ["--out", str(tmp_path / "no_sets.json")]) == 2         # the sets are required
+    assert "evaluate.perplexity_datasets.local" in capsys.readouterr().err
+    assert evaluate.main(base + ["--out", str(tmp_path / "r.json"), "--eval-sets", str(tmp_path / "sets")]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    windows = np.asarray(ids[:15 * 64], dtype=np.int64).reshape(15, 64)          # 1000 tokens -> 15 windows
+    expected = evaluate.token_nll(load_model(tiny_trained_model).eval(), windows, 8, torch.device("cpu"))
+    assert result["val_detail"]["ppl/local"]["tokens"] == expected.numel()
+    assert result["metrics"]["ppl/local"] == pytest.approx(math.exp(expected.mean().item()), rel=1e-4)
+    assert 1 < result["metrics"]["ppl/local"] < len(tok)                           # better than uniform
+
+
+def test_hub_tasks_are_built_once_into_the_cache(task_manager):
+    """eval_sets builds each hub task once (here a local task stands in for a registry one)."""
+    records = evalsets.fetch_hub_tasks({"heldout_mc": "acc_norm"}, task_manager)
+    assert records == {"heldout_mc": {"metric": "acc_norm", "documents": {"heldout_mc": EXAMPLES}}}
+
+
+def test_an_unreachable_hub_task_is_named(byte_splits, tmp_path):
+    """Offline with an empty HF cache, fetching a registry task fails naming its config key; no index written."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"evaluate": {"hub_tasks": {"arc_easy": "acc_norm"}}}))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "workflow")}
+    result = subprocess.run([sys.executable, "-m", "pvs.evalsets", "--config", str(config), "--data", str(byte_splits),
+                             "--out", str(tmp_path / "sets")], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2
+    assert "evaluate.hub_tasks.arc_easy: lm-eval cannot build it" in result.stderr
+    assert not (tmp_path / "sets" / "index.json").exists()

@@ -23,6 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BLIMP = ROOT.parent / "shared" / "data" / "blimp"
 
 
+PERPLEXITY_TEXT = ROOT / "tests" / "data" / "perplexity_text"
+
+
 def snakemake(workdir: Path, config: Path, *extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(config), "--cores", "2", *extra]
@@ -38,6 +41,9 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
 def smoke_config(path: Path, prune: dict | None = None, top: dict | None = None, **budgets) -> Path:
     cfg = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
     cfg.update(top or {})
+    # one extra perplexity set, as WikiText/C4 at scale (eval_sets fetches it): README paragraphs kept in tests/data
+    cfg["evaluate"].update(perplexity_datasets={"readme": {"name": str(PERPLEXITY_TEXT), "split": "test"}},
+                           perplexity_max_tokens=2048)
     cfg["results_dir"] = "results"
     cfg["evaluate"]["blimp_dir"] = str(BLIMP) if BLIMP.is_dir() else None
     cfg["budgets"].update(budgets)
@@ -68,6 +74,8 @@ def test_smoke_study_writes_tables_and_figures(smoke_run):
     assert len(summary) == expected
     assert set(summary["arm"]) == set(ARM_ORDER) and set(summary.seed) == set(range(cfg["seeds"]))
     assert summary["val_loss"].notna().all() and (summary["val_loss"] < 10).all()
+    assert json.loads((results / "data" / "evalsets" / "index.json").read_text())["perplexity_sets"]["readme"]["tokens"] == 2048
+    assert summary["ppl/readme"].notna().all() and (summary["ppl/readme"] > 1).all()   # every model, same tokens
     parent_loss = summary.loc[summary.arm == "parent", "val_loss"].item()
     # pruning one-shot hurts; retraining recovers part of it
     for method in methods:

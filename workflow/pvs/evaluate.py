@@ -16,8 +16,8 @@ Metrics (OUT.json "metrics", one flat name -> float each):
                   (heldout_mc acc_norm, heldout_cloze acc) plus the BLiMP group aggregate counted once
                   (and the hub tasks of evaluate.hub_tasks, when configured)
   ppl/<name>      for each dataset of evaluate.perplexity_datasets (WikiText, C4, ... at scale): exp(mean NLL)
-                  over non-overlapping windows of its documents joined by the separator, up to
-                  evaluate.perplexity_max_tokens tokens
+                  over the non-overlapping windows of --eval-sets/NAME.bin (its documents joined by the
+                  separator, evaluate.perplexity_max_tokens tokens, fetched once by python -m pvs.evalsets)
 
 lm-eval (0.4.13, Python API, zero-shot, offline): the loaded model is wrapped in HFLM with
 prefix_token_id = the document separator the model was trained with (<|endoftext|>, manifest["eos_id"]).
@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")          # before transformers / datasets / lm-eval are imported:
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")     # offline unless the caller allows downloads (at scale)
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")     # evaluation reads files and the HF cache (pvs.evalsets fills it)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -46,6 +46,7 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from pvs.config import ConfigError, load_config, validate_config  # noqa: E402
+from pvs.evalsets import read_perplexity_set  # noqa: E402
 from pvs.evaltasks import check_hub_tasks  # noqa: E402
 from pvs.modeling import (count_params, load_masks, load_model, load_tokenizer, pick_device,  # noqa: E402
                           shape_of, write_json)
@@ -148,25 +149,13 @@ def validation(model, data_dir: Path, seq_len: int, count: int | None, batch_siz
     return metrics, detail
 
 
-def dataset_perplexity(model, tokenizer, spec: dict, seq_len: int, max_tokens: int, batch_size: int,
-                       separator_id: int, device: torch.device) -> tuple[float, int]:
-    """Perplexity on a (streamed) HF dataset: its texts joined by the separator, cut into windows."""
-    import datasets
-
-    rows = datasets.load_dataset(spec["name"], spec.get("subset"), split=spec.get("split", "test"), streaming=True,
-                                 token=os.environ.get("HF_TOKEN") or None)
-    ids: list[int] = []
-    for row in rows:
-        text = row[spec.get("text_field", "text")]
-        if text and text.strip():
-            ids += tokenizer(text, add_special_tokens=False)["input_ids"] + [separator_id]
-        if len(ids) > max_tokens:
-            break
-    count = min(len(ids), max_tokens) // seq_len
+def tokens_perplexity(model, tokens: np.ndarray, seq_len: int, batch_size: int, device: torch.device,
+                      name: str) -> tuple[float, int]:
+    """exp(mean NLL) over the non-overlapping windows of ``seq_len`` that ``tokens`` holds; and the tokens scored."""
+    count = len(tokens) // seq_len
     if count == 0:
-        raise ValueError(f"perplexity dataset {spec['name']!r}: fewer than {seq_len} tokens")
-    windows = np.asarray(ids[:count * seq_len], dtype=np.int64).reshape(count, seq_len)
-    nll = token_nll(model, windows, batch_size, device, desc=spec["name"])
+        raise ValueError(f"perplexity set {name!r}: {len(tokens)} tokens, fewer than one window of {seq_len}")
+    nll = token_nll(model, tokens[:count * seq_len].reshape(count, seq_len), batch_size, device, desc=name)
     return math.exp(nll.mean().item()), nll.numel()
 
 
@@ -285,9 +274,11 @@ def evaluate(args: argparse.Namespace, cfg: dict) -> dict:
     log.info("val_loss %.4f (ppl %.2f) on %d windows x %d tokens, %.1fs", metrics["val_loss"],
              metrics["val_ppl"], val_detail["windows"], seq_len, time.time() - t0)
     for name, spec in cfg["evaluate"]["perplexity_datasets"].items():
-        metrics[f"ppl/{name}"], scored = dataset_perplexity(model, tokenizer, spec, seq_len,
-                                                            cfg["evaluate"]["perplexity_max_tokens"], batch_size,
-                                                            separator_id, device)
+        if not args.eval_sets:
+            raise FileNotFoundError(f"evaluate.perplexity_datasets.{name} is configured but no --eval-sets directory "
+                                    f"was given (python -m pvs.evalsets writes it)")
+        tokens = read_perplexity_set(args.eval_sets, name)
+        metrics[f"ppl/{name}"], scored = tokens_perplexity(model, tokens, seq_len, batch_size, device, name)
         val_detail[f"ppl/{name}"] = {"tokens": scored, **spec}
         log.info("ppl/%s %.2f on %d tokens", name, metrics[f"ppl/{name}"], scored)
     detail = {}
@@ -326,6 +317,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks", help="task directory written by python -m pvs.evaltasks "
                                         "(needed unless lm-eval is off)")
     parser.add_argument("--out", required=True, help="results JSON to write (atomically)")
+    parser.add_argument("--eval-sets", help="directory written by python -m pvs.evalsets (perplexity sets; needed "
+                                            "when evaluate.perplexity_datasets is set)")
     parser.add_argument("--config", help="study config (YAML); defaults of the schema when omitted")
     parser.add_argument("--meta", nargs="*", default=[], metavar="KEY=VALUE",
                         help="facts about the model stored under 'model' (arm, method, ratio, budget, "

@@ -93,3 +93,25 @@ rule eval_tasks:
     shell:
         f"{PY} -m pvs.evaltasks --data {R}/data --out {{output}} --examples {config['evaluate']['local_task_examples']}"
         f" --seed {config['seed']} {{params.blimp}} {{params.hub_tasks}} > {{log}} 2>&1"
+
+
+EVAL_SETS = bool(config["evaluate"]["perplexity_datasets"] or config["evaluate"]["hub_tasks"])
+
+if EVAL_SETS:  # hub data fetched once, on the submitting host (local rule): evaluation jobs stay offline
+
+    rule eval_sets:
+        input:
+            manifest=rules.prepare_data.output.manifest,
+            tokenizer=rules.prepare_data.output.tokenizer,
+        output:
+            directory(f"{R}/data/evalsets"),
+        params:
+            perplexity=config["evaluate"]["perplexity_datasets"],
+            max_tokens=config["evaluate"]["perplexity_max_tokens"],
+            hub_tasks=config["evaluate"]["hub_tasks"],
+        log:
+            f"{R}/logs/data/eval_sets.log",
+        benchmark:
+            f"{R}/benchmarks/data/eval_sets.tsv"
+        shell:
+            f"{PY} -m pvs.evalsets --config {CONFIG} --data {R}/data --out {{output}} > {{log}} 2>&1"

@@ -13,12 +13,14 @@ rule evaluate:
         model=f"{R}/models/{{model}}",
         tasks=rules.eval_tasks.output,
         manifest=DATA.manifest,
+        evalsets=rules.eval_sets.output if EVAL_SETS else [],
     output:
         f"{R}/eval/{{model}}.json",
     params:
         meta=eval_meta,
         evaluate=config["evaluate"],
         lmeval="" if config["evaluate"]["lmeval"] else "--no-lmeval",
+        evalsets=f"--eval-sets {R}/data/evalsets" if EVAL_SETS else "",
     log:
         f"{R}/logs/eval/{{model}}.log",
     benchmark:
@@ -30,4 +32,4 @@ rule evaluate:
     threads: config["threads_per_job"]
     shell:
         f"{PY} -m pvs.evaluate --model {{input.model}} --data {R}/data --tasks {{input.tasks}} --out {{output}}"
-        f" --config {CONFIG} --threads {{threads}} {{params.lmeval}} {{params.meta}} > {{log}} 2>&1"
+        f" --config {CONFIG} --threads {{threads}} {{params.lmeval}} {{params.evalsets}} {{params.meta}} > {{log}} 2>&1"

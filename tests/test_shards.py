@@ -133,14 +133,25 @@ def test_sharded_data_needs_a_tokenizer(local_dataset):
 
 
 def test_workflow_data_jobs_on_a_local_dataset(local_dataset, byte_splits, tmp_path):
+    """The data jobs through the SLURM profile (stand-in sbatch, tests/slurm_standin): tokenize_shard jobs ask
+    for CPUs and memory only, prepare_data assembles."""
     cfg = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
     cfg.update(results_dir="results", data={"source": "hf", "tokenizer": str(byte_splits / "tokenizer"),
                                             "splits": {"val": 0.1, "calib": 0.05, "retrain": 0.3},
                                             "hf": {"name": str(local_dataset), "max_documents": 200, "shards": 2}})
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PATH": f"{ROOT / 'tests' / 'slurm_standin'}{os.pathsep}{os.environ['PATH']}",
+           "FAKE_SLURM_DIR": str(tmp_path / "slurm")}
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-           "--configfile", str(tmp_path / "c.yaml"), "--cores", "2", "results/data/manifest.json"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "tokenize_shard" in result.stderr and (tmp_path / "results" / "data" / "shards" / "1.bin").exists()
+           "--configfile", str(tmp_path / "c.yaml"), "--workflow-profile", str(ROOT / "profiles" / "slurm"),
+           "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1",
+           "results/data/manifest.json"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (tmp_path / "results" / "data" / "shards" / "1.bin").exists()
     assert read_manifest(tmp_path / "results" / "data")["split_by"].startswith("token offset")
+    submitted = [json.loads(line)["argv"] for line in (tmp_path / "slurm" / "submissions.jsonl").read_text().splitlines()]
+    tokenize = [" ".join(argv) for argv in submitted if "rule_tokenize_shard" in " ".join(argv)]
+    assert len(tokenize) == 2 and len(submitted) == 3                 # 2 shards + prepare_data
+    for text in tokenize:
+        assert "--gpus" not in text and "--cpus-per-task=16" in text and "--mem 32000" in text and "-t 720" in text

@@ -51,8 +51,12 @@ def train_minutes(cfg: dict, params: int, tokens: int, gpus: int) -> int:
 
 def job_resources(cfg: dict, stage: str, params: int | None = None, tokens: int | None = None,
                   attempt: int = 1) -> dict:
-    """Resources of one job of ``stage`` (parent, child, prune, evaluate); memory grows with each retry."""
+    """Resources of one job of ``stage`` (parent, child, prune, evaluate, tokenize); memory grows with each retry."""
     cluster = cfg["cluster"]
+    if stage == "tokenize":          # CPU only: stream and tokenize one shard (resumes on the next attempt)
+        return {"gpu": 0, "nodes": 1, "cpus_per_task": cluster["tokenize"]["cpus"],
+                "mem_mb": cluster["tokenize"]["mem_mb"] * attempt,
+                "runtime": cluster["stage_runtime_min"]["tokenize"] * attempt, "mpi": "", "tasks_per_node": 0}
     gpus = cluster["gpus"][stage]
     minutes = cluster["min_runtime_min"] if tokens is None else train_minutes(cfg, params, tokens, gpus)
     if stage in ("prune", "evaluate"):

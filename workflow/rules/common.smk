@@ -80,6 +80,7 @@ PARENT_RESOURCES = _resources("parent", lambda wildcards: (parent_params(config)
 CHILD_RESOURCES = _resources("child", _child_size_and_tokens)
 PRUNE_RESOURCES = _resources("prune")
 EVALUATE_RESOURCES = _resources("evaluate")
+TOKENIZE_RESOURCES = _resources("tokenize")
 
 
 def launcher(stage):

@@ -47,6 +47,9 @@ else:  # a large HF dataset: K parallel, resumable tokenize jobs, then splits by
             f"{R}/logs/data/tokenize_shard/{{shard}}.log",
         benchmark:
             f"{R}/benchmarks/data/tokenize_shard/{{shard}}.tsv"
+        resources:
+            **TOKENIZE_RESOURCES,
+        threads: config["cluster"]["tokenize"]["cpus"]  # capped at --cores locally
         shell:
             f"{PY} -m pvs.shards tokenize --config {CONFIG} --shard {{wildcards.shard}} --tokenizer {TOKENIZER}"
             f" --out {R}/data/shards > {{log}} 2>&1"

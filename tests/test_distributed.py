@@ -107,3 +107,19 @@ def test_multi_node_launcher_runs_one_torchrun_per_node(byte_splits, config, tmp
     meta = json.loads((tmp_path / "nodes" / "train_meta.json").read_text())
     assert meta["processes"] == 2
     assert losses(tmp_path / "nodes") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
+
+
+def test_bf16_mixed_precision_keeps_fp32_master_weights(byte_splits, config, tmp_path):
+    """train.precision bf16: autocast (1 process) and FSDP2's bf16 policy (2 processes) compute in bf16,
+    stay close to the fp32 run, and keep fp32 master weights (saved fp32)."""
+    bf16 = write_config(tmp_path / "bf16.yaml", precision="bf16")
+    run = ["--arm", "parent", "--tokens", 2048]
+    train(1, byte_splits, tmp_path / "fp32", config, *run)
+    train(1, byte_splits, tmp_path / "one", bf16, *run)
+    train(2, byte_splits, tmp_path / "two", bf16, *run)
+    fp32, one, two = losses(tmp_path / "fp32"), losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert one != fp32 and two != fp32                                  # bf16 arithmetic happened
+    assert one == pytest.approx(fp32, rel=1e-3) and two == pytest.approx(fp32, rel=1e-3)
+    assert two[-1] < two[0] - 0.5
+    for name in ("one", "two"):
+        assert {w.dtype for w in weights(tmp_path / name).values()} == {torch.float32}, name

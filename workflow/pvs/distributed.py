@@ -5,7 +5,7 @@
 
 What the trainer gets from here:
   * ``setup()``: the process group (NCCL on GPUs, gloo on CPUs) from torchrun's environment;
-  * ``shard()``: every decoder layer and then the root sharded with ``fully_shard``; with bf16 on a GPU the
+  * ``shard()``: every decoder layer and then the root sharded with ``fully_shard``; with bf16 (GPU, or CPU in tests) the
     parameters are cast to bf16 for compute while the sharded fp32 copies stay the master weights and
     gradients are reduced in fp32; optional activation checkpointing (transformers' per-layer one);
   * ``shard_masks()``: sparse masks as DTensors placed like their parameters, so that the masked weights

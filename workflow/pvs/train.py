@@ -172,7 +172,7 @@ def _prepare_model(args, cfg, ctx, arm, manifest, seed, device):
     model.to(device).train()
     apply_masks_(model, masks)
     if ctx.sharded:
-        distributed.shard(model, bf16=recipe["precision"] == "bf16" and device.type == "cuda",
+        distributed.shard(model, bf16=recipe["precision"] == "bf16",
                           activation_checkpointing=recipe["activation_checkpointing"])
     elif recipe["activation_checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -226,8 +226,8 @@ def _train(args: argparse.Namespace, cfg: dict, ctx: distributed.Dist) -> dict:
     log = MetricsLog(ckpt_dir / "metrics.jsonl", start_step) if ctx.main else None
 
     val = torch.from_numpy(spread_windows(load_split(args.data, "val"), seq_len, recipe["eval_windows"])).to(device)
-    use_bf16 = recipe["precision"] == "bf16" and device.type == "cuda" and not ctx.sharded   # FSDP2 casts itself
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    use_bf16 = recipe["precision"] == "bf16" and not ctx.sharded                       # FSDP2 casts itself
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     step_fn = torch.compile(model) if recipe["compile"] else model
     if start_step == 0:
         loss0 = validation_loss(model, val, batch_size, autocast)

@@ -59,8 +59,10 @@ def test_two_processes_follow_one_process_and_resume(byte_splits, config, tmp_pa
     assert two == pytest.approx(one, rel=1e-4)
     for name, w in weights(tmp_path / "one").items():
         assert torch.allclose(w, weights(tmp_path / "two")[name], rtol=1e-3, atol=1e-4), name
-    # gradient accumulation: 2 processes x 2 micro-batches of 1 window = the same global batch of 4
-    train(2, byte_splits, tmp_path / "accum", write_config(tmp_path / "accum.yaml", micro_batch_size=1), *run)
+    # gradient accumulation: 2 processes x 2 micro-batches of 1 window = the same global batch of 4; with
+    # activation checkpointing (recomputed activations give the same gradients)
+    train(2, byte_splits, tmp_path / "accum", write_config(tmp_path / "accum.yaml", micro_batch_size=1,
+                                                           activation_checkpointing=True), *run)
     assert losses(tmp_path / "accum") == pytest.approx(one, rel=1e-4)
     # interrupted after 5 steps and restarted: the same run, still with 2 processes
     train(2, byte_splits, tmp_path / "resumed", config, *run, "--stop-after-steps", 5)

@@ -125,3 +125,41 @@ def test_bf16_mixed_precision_keeps_fp32_master_weights(byte_splits, config, tmp
     assert two[-1] < two[0] - 0.5
     for name in ("one", "two"):
         assert {w.dtype for w in weights(tmp_path / name).values()} == {torch.float32}, name
+
+
+def test_sheared_llama_learns_the_same_masks_in_two_processes(byte_splits, config, tmp_path):
+    """Sheared-LLaMA's mask learning sharded with FSDP2 (2 processes) follows the 1-process run and cuts the
+    same child; rank 0 writes it."""
+    train(1, byte_splits, tmp_path / "parent", config, "--arm", "parent", "--tokens", 1024)
+    prune_config = write_config(tmp_path / "prune.yaml")
+    raw = yaml.safe_load(prune_config.read_text())
+    raw["prune"].update(calib_windows=8, calib_seq_len=32, sheared_mask_tokens=4096, sheared_batch_size=4)
+    prune_config.write_text(yaml.safe_dump(raw))
+    metas = {}
+    for nproc in (1, 2):
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] \
+            if nproc > 1 else [sys.executable]
+        out = tmp_path / f"sheared{nproc}"
+        result = subprocess.run(launcher + ["-m", "pvs.prune", "--method", "sheared_llama", "--ratio", "0.5",
+                                            "--model", str(tmp_path / "parent"), "--data", str(byte_splits),
+                                            "--out", str(out), "--config", str(prune_config), "--threads", "1"],
+                                capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "PYTHONPATH": str(ROOT / "workflow"), "OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        metas[nproc] = json.loads((out / "meta.json").read_text())
+    one, two = metas[1]["info"], metas[2]["info"]
+    assert (one["processes"], two["processes"]) == (1, 2) and one["mask_learning_steps"] == 32
+    lm = [[h["lm_loss"] for h in run["history"][1:]] for run in (one, two)]
+    assert lm[1] == pytest.approx(lm[0], rel=1e-4)
+    gaps = [[h["gap"] for h in run["history"]] for run in (one, two)]
+    assert gaps[1] == pytest.approx(gaps[0], rel=1e-3, abs=1e-6)
+    assert one["kept"] == two["kept"] and metas[1]["shape"]["child"] == metas[2]["shape"]["child"]
+    assert two["child_calib_loss"] == pytest.approx(one["child_calib_loss"], rel=1e-4)
+    assert weights(tmp_path / "sheared2").keys() == weights(tmp_path / "sheared1").keys()
+    # the layer-by-layer methods refuse torchrun, naming the one that runs there
+    refused = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                              "-m", "pvs.prune", "--method", "sparsegpt", "--ratio", "0.5", "--model",
+                              str(tmp_path / "parent"), "--data", str(byte_splits), "--out", str(tmp_path / "sgpt"),
+                              "--config", str(prune_config), "--threads", "1"], capture_output=True, text=True,
+                             timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT / "workflow"), "OMP_NUM_THREADS": "1"})
+    assert refused.returncode != 0 and "only sheared_llama runs under torchrun" in refused.stderr

@@ -40,6 +40,14 @@ def test_paper_grid_resources_scale_with_size_and_budget():
     assert big["gpu"] == 8 and big["cpus_per_task"] == 64 and resources.job_resources(cfg, "prune")["gpu"] == 1
     retry = resources.job_resources(cfg, "evaluate", attempt=2)
     assert retry["mem_mb"] == 2 * resources.job_resources(cfg, "evaluate")["mem_mb"]
+    # Sheared-LLaMA's prune job trains the parent on its mask-learning tokens: training's GPUs, FLOPs-based time
+    sheared = resources.job_resources(cfg, resources.prune_stage("sheared_llama"),
+                                      *resources.prune_size_and_tokens(cfg, "sheared_llama"))
+    flap = resources.job_resources(cfg, resources.prune_stage("flap"), *resources.prune_size_and_tokens(cfg, "flap"))
+    assert (sheared["gpu"], flap["gpu"], flap["runtime"]) == (8, 1, cfg["cluster"]["stage_runtime_min"]["prune"])
+    assert sheared["runtime"] == resources.train_minutes(cfg, resources.parent_params(cfg), 400_000_000, 8)
+    assert resources.launcher(cfg, "sheared", "python").endswith("--nproc_per_node 8 --standalone")
+    assert resources.launcher(cfg, "prune", "python") == "python"
 
 
 def test_paper_dry_run_lists_the_whole_grid_fast_and_offline(tmp_path):

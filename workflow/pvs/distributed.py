@@ -12,7 +12,8 @@ What the trainer gets from here:
     stay exactly zero on every shard;
   * ``full_model_state`` / ``full_optimizer_tensors`` / ``load_full_state``: checkpoints as full
     (unsharded) tensors, gathered to every rank and written by rank 0, so a run resumes with any number
-    of processes; ``mean()``: a number averaged over ranks.
+    of processes; ``mean()``: a number averaged over ranks; ``average_grads_()``: gradients of replicated
+    parameters (Sheared-LLaMA's masks and multipliers) averaged over ranks; ``current()``: the joined group.
 Each rank reads its share (every world-th window) of each step's global batch; FSDP2 averages the
 gradients, so the update equals one process reading the whole batch.
 """
@@ -52,6 +53,23 @@ def setup(device_preference: str) -> Dist:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def current() -> Dist:
+    """The process group this process already joined (a single process when none)."""
+    if not dist.is_initialized():
+        return Dist()
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def average_grads_(params, ctx: Dist) -> None:
+    """Average the gradients of replicated (unsharded) parameters over ranks, in place."""
+    if not ctx.sharded:
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= ctx.world
 
 
 def teardown(ctx: Dist) -> None:

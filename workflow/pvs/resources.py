@@ -70,9 +70,21 @@ def job_resources(cfg: dict, stage: str, params: int | None = None, tokens: int 
             "mem_mb": cluster["mem_mb_per_gpu"] * max(1, gpus) * attempt, "runtime": minutes * attempt, **multi}
 
 
+def prune_stage(method: str) -> str:
+    """Sheared-LLaMA's prune job trains the whole parent (stage 'sheared'); the others prune layer by layer."""
+    return "sheared" if method == "sheared_llama" else "prune"
+
+
+def prune_size_and_tokens(cfg: dict, method: str) -> tuple[int | None, int | None]:
+    """What a prune job trains: the parent on prune.sheared_mask_tokens for Sheared-LLaMA, nothing otherwise."""
+    if prune_stage(method) == "sheared":
+        return parent_params(cfg), cfg["prune"]["sheared_mask_tokens"]
+    return None, None
+
+
 def launcher(cfg: dict, stage: str, python: str) -> str:
     """How a training job starts: python; torchrun over one node's GPUs; or srun + torchrun on every node."""
-    gpus, nodes = cfg["cluster"]["gpus"][stage], cfg["cluster"]["nodes"][stage]
+    gpus, nodes = cfg["cluster"]["gpus"][stage], cfg["cluster"]["nodes"].get(stage, 1)
     if cfg["device"] != "cuda" or gpus * nodes <= 1:
         return python
     torchrun = f"{python} -m torch.distributed.run --nproc_per_node {gpus}"
@@ -100,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         if run.arm == "parent":
             params, tokens, stage = parent_params(cfg), parent_tokens, "parent"
         elif run.arm == "pruned":
-            params, tokens, stage = None, None, "prune"
+            stage = prune_stage(run.method)
+            params, tokens = prune_size_and_tokens(cfg, run.method)
         else:
             params, stage = child_params(cfg, run.ratio), "child"
             tokens = run.train_tokens(parent_tokens) or parent_tokens + run.budget   # S_F: about P·N_P/N_c

@@ -11,7 +11,7 @@ from pvs.config import ConfigError, validate_config, write_resolved_config
 from pvs.prune.registry import method_options
 from pvs.study import TRAINED_ARMS, Run, canonical_budget, runs
 from pvs.budget import format_tokens, parse_tokens
-from pvs.resources import child_params, job_resources, parent_params
+from pvs.resources import child_params, job_resources, parent_params, prune_size_and_tokens, prune_stage
 from pvs.resources import launcher as pvs_launcher
 
 try:
@@ -64,9 +64,13 @@ def child_seed(wildcards):
 # ---------------------------------------------------------------- cluster resources (pvs.resources)
 
 def _resources(stage, size_and_tokens=lambda wildcards: (None, None)):
-    """Snakemake resources of a stage: each a function of the job's wildcards and attempt."""
+    """Snakemake resources of a stage (a name, or a function of the wildcards): each a function of the job's
+    wildcards and attempt."""
+    stage_of = stage if callable(stage) else (lambda wildcards: stage)
+
     def one(key):
-        return lambda wildcards, attempt: job_resources(config, stage, *size_and_tokens(wildcards), attempt)[key]
+        return lambda wildcards, attempt: job_resources(config, stage_of(wildcards), *size_and_tokens(wildcards),
+                                                        attempt)[key]
     keys = ("gpu", "nodes", "cpus_per_task", "mem_mb", "runtime", "mpi", "tasks_per_node")
     return {key: one(key) for key in keys}
 
@@ -78,7 +82,8 @@ def _child_size_and_tokens(wildcards):
 
 PARENT_RESOURCES = _resources("parent", lambda wildcards: (parent_params(config), PARENT_TOKENS))
 CHILD_RESOURCES = _resources("child", _child_size_and_tokens)
-PRUNE_RESOURCES = _resources("prune")
+PRUNE_RESOURCES = _resources(lambda wildcards: prune_stage(wildcards.method),
+                             lambda wildcards: prune_size_and_tokens(config, wildcards.method))
 EVALUATE_RESOURCES = _resources("evaluate")
 TOKENIZE_RESOURCES = _resources("tokenize")
 

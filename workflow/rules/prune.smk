@@ -1,4 +1,6 @@
 # One job per method and ratio: parent -> one-shot pruned child (HF dir, meta.json, masks for sparse methods).
+# Sheared-LLaMA trains the whole parent while learning its masks: on a cluster it gets training's GPUs
+# and torchrun (pvs.resources.prune_stage); the other methods run layer by layer in one process.
 
 
 rule prune:
@@ -11,6 +13,7 @@ rule prune:
     params:
         options=lambda wildcards: method_options(wildcards.method, config["prune"]),
         seed=config["seed"],
+        launcher=lambda wildcards: launcher(prune_stage(wildcards.method)),
     log:
         f"{R}/logs/prune/{{method}}/r{{ratio}}.log",
     benchmark:
@@ -19,5 +22,5 @@ rule prune:
         **PRUNE_RESOURCES,
     threads: config["threads_per_job"]
     shell:
-        f"{PY} -m pvs.prune --method {{wildcards.method}} --ratio {{wildcards.ratio}} --model {{input.parent}}"
+        f"{{params.launcher}} -m pvs.prune --method {{wildcards.method}} --ratio {{wildcards.ratio}} --model {{input.parent}}"
         f" --data {R}/data --out {{output}} --config {CONFIG} --threads {{threads}} > {{log}} 2>&1"

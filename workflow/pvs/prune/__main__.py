@@ -10,6 +10,10 @@ checkpoint (safetensors, tokenizer files copied from the parent), ``masks.safete
 methods, and ``meta.json`` last (method, target and achieved ratio, parameter counts, shapes,
 calibration, time, device, library versions, method facts). A directory without meta.json is an
 interrupted run.
+
+Sheared-LLaMA trains the whole parent while it learns its masks, so at scale it runs under torchrun
+(``torchrun --nproc_per_node 8 -m pvs.prune --method sheared_llama ...``; FSDP2, see pvs.prune.sheared);
+the other methods work layer by layer in one process.
 """
 from __future__ import annotations
 
@@ -20,12 +24,15 @@ from pathlib import Path
 
 import torch
 
+from pvs import distributed
 from pvs.config import load_config, validate_config
 from pvs.modeling import MASKS_FILE, count_params, load_model, pick_device, save_model, shape_of
 from pvs.prune.common import achieved_ratio, calibration_windows, copy_tokenizer_files, log, write_meta
 from pvs.prune.registry import METHOD_NAMES, Method, get_method
 from pvs.prune.sparsegpt import resolve_nm
 from pvs.versions import library_versions
+
+SHARDED_METHODS = ("sheared_llama",)      # the one method that trains the whole parent: FSDP2 under torchrun
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,6 +68,8 @@ def resolve_options(args: argparse.Namespace, cfg: dict) -> dict:
     options["calib_seq_len"] = args.calib_seq_len or options["calib_seq_len"]
     options["seed"] = cfg["seed"] if args.seed is None else args.seed
     options["device"] = args.device or cfg["device"]
+    options["precision"] = cfg["train"]["precision"]                 # Sheared-LLaMA under torchrun (FSDP2)
+    options["activation_checkpointing"] = cfg["train"]["activation_checkpointing"]
     if args.method == "sparsegpt_nm":
         options["nm"] = resolve_nm(options["nm_patterns"], args.ratio)
     return options
@@ -83,10 +92,16 @@ def run(args: argparse.Namespace, cfg: dict, options: dict) -> dict:
     """Prune, save the child and return the meta.json contents."""
     torch.set_num_threads(args.threads or cfg["threads_per_job"])
     torch.manual_seed(options["seed"])
+    method = get_method(args.method)
+    ctx = distributed.setup(options["device"])
+    if ctx.sharded and args.method not in SHARDED_METHODS:
+        raise ValueError(f"--method {args.method} runs in one process (layer by layer); only "
+                         f"{', '.join(SHARDED_METHODS)} runs under torchrun")
     device = pick_device(options["device"])
+    if ctx.sharded and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
     options = {**options, "device": str(device)}
     out = Path(args.out)
-    method = get_method(args.method)
     for stale in ("meta.json", MASKS_FILE):  # a leftover meta.json would hide an interrupted run
         (out / stale).unlink(missing_ok=True)
     calib = method_calibration(method, args.data, options)
@@ -97,6 +112,9 @@ def run(args: argparse.Namespace, cfg: dict, options: dict) -> dict:
     start = time.time()
     result = method.prune(model, calib, args.ratio, options)
     seconds = time.time() - start
+    if not ctx.main:                                  # rank 0 writes the child
+        distributed.teardown(ctx)
+        return {}
     child = result.model.cpu()
     child_params = count_params(child, result.masks)
     save_model(child, out, masks=result.masks)
@@ -116,6 +134,7 @@ def run(args: argparse.Namespace, cfg: dict, options: dict) -> dict:
         "info": result.info,
     }
     write_meta(out, meta)
+    distributed.teardown(ctx)
     log(f"done in {seconds:.1f}s: achieved ratio {meta['achieved_ratio']:.4f} (target {args.ratio}), "
         f"non-embedding params {parent_params['non_embedding']} -> {child_params['non_embedding']}")
     return meta
@@ -129,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"python -m pvs.prune: error: {e}", file=sys.stderr)
         return 2
-    run(args, cfg, options)
+    try:
+        run(args, cfg, options)
+    except ValueError as e:
+        print(f"python -m pvs.prune: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -15,6 +15,13 @@
    fold the kept gate values into the weights and slice a stock Llama of exactly the target shape
    (:mod:`pvs.prune.sheared_cut`).
 
+Under torchrun (an 8B parent: mask learning trains the whole model) the parent is sharded with FSDP2
+(``pvs.distributed``; bf16 compute when ``train.precision`` is bf16, activation checkpointing when
+``train.activation_checkpointing``); each rank reads its share of every step's windows, the masks and
+multipliers are replicated with their gradients averaged over ranks, so the update equals one process
+reading the whole batch. Rank 0 then gathers the full weights, binarizes, folds and cuts; other ranks
+return no model.
+
 ``prune_random`` cuts the same target shape with seeded random units and no training (the baseline).
 """
 from __future__ import annotations
@@ -25,6 +32,7 @@ import sys
 import torch
 from tqdm import tqdm
 
+from pvs import distributed
 from pvs.prune.common import PruneResult, lm_loss, log, model_device
 from pvs.prune.shapes import parent_shape, solve_shape
 from pvs.prune.sheared_cut import cut_model, fold_masks_, plan_from_masks, random_plan
@@ -112,35 +120,44 @@ def snapshot(step: int, lm: float, lag: float, masks: ShearingMasks) -> dict:
             "lambdas": {k: v.item() for k, v in masks.lambdas.items()}}
 
 
-def learn_masks(model: torch.nn.Module, masks: ShearingMasks, windows: torch.Tensor, options: dict) -> dict:
-    """Train weights, masks and multipliers jointly; returns token counts and the history of the gap."""
+def learn_masks(model: torch.nn.Module, masks: ShearingMasks, windows: torch.Tensor, options: dict,
+                ctx: distributed.Dist = distributed.Dist()) -> dict:
+    """Train weights, masks and multipliers jointly; returns token counts and the history of the gap.
+
+    Sharded (``ctx.world`` > 1): rank r takes windows r, r + world, ... of each step's batch; FSDP2 averages
+    the weights' gradients, ``average_grads_`` the masks' and multipliers' (replicated on every rank)."""
     batch_size, seq_len = option(options, "sheared_batch_size"), windows.shape[1]
+    if batch_size % ctx.world:
+        raise ValueError(f"prune.sheared_batch_size = {batch_size} is not divisible by the {ctx.world} processes")
     steps = max(1, option(options, "sheared_mask_tokens") // (batch_size * seq_len))
     warmup = option(options, "sheared_lagrangian_warmup")
     seed, device = options.get("seed", 0), model_device(model)
+    if ctx.sharded:
+        model.reshard()      # after a forward the root holds unsharded tensors; the optimizer needs the shards
     optimizer = build_optimizer(model, masks, options)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)     # the same gate noise on every rank
     every = max(1, steps // HISTORY_POINTS)
     history = [snapshot(0, float("nan"), 0.0, masks)]
     model.train()
     bar = tqdm(enumerate(batches(windows, batch_size, steps, seed)), total=steps, desc="sheared: mask learning",
-               file=sys.stderr, mininterval=5)
+               file=sys.stderr, mininterval=5, disable=not ctx.main)
     with masked(model, masks):
         for step, batch in bar:
             for group in optimizer.param_groups:
                 group["lr"] = group["peak_lr"] * lr_factor(step, steps)
-            batch = batch.to(device)
+            batch = batch[ctx.rank::ctx.world].to(device)
             masks.sample_(generator)
             lm = model(input_ids=batch, labels=batch, use_cache=False).loss
             lag = masks.lagrangian(step / steps, warmup)
             (lm + lag).backward()
+            distributed.average_grads_(masks.parameters(), ctx)
             torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], GRAD_CLIP)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             masks.constrain_()
             if (step + 1) % every == 0 or step + 1 == steps:
-                history.append(snapshot(step + 1, lm.item(), lag.item(), masks))
-                bar.set_postfix(lm=f"{lm.item():.3f}", gap=f"{history[-1]['gap']:.3f}")
+                history.append(snapshot(step + 1, distributed.mean(lm.item(), ctx), lag.item(), masks))
+                bar.set_postfix(lm=f"{history[-1]['lm_loss']:.3f}", gap=f"{history[-1]['gap']:.3f}")
     model.eval()
     tokens = steps * batch_size * seq_len
     if tokens > REUSE_WARNING * windows.numel():
@@ -148,7 +165,7 @@ def learn_masks(model: torch.nn.Module, masks: ShearingMasks, windows: torch.Ten
             f"{windows.numel()} calibration tokens; the weights may overfit them (give more calibration windows)")
     return {"mask_learning_tokens": tokens, "mask_learning_steps": steps,
             "mask_learning_unique_tokens": int(windows.numel()),
-            "mask_learning_passes": tokens / windows.numel(), "history": history}
+            "mask_learning_passes": tokens / windows.numel(), "processes": ctx.world, "history": history}
 
 
 # -------------------------------------------------------------------- the method
@@ -167,15 +184,24 @@ def shear(model: torch.nn.Module, calib: torch.Tensor, target: dict, options: di
     windows = mask_windows(calib, option(options, "sheared_seq_len"))
     masks = ShearingMasks(parent, target, prune_layers, device=model_device(model))
     log(f"sheared: {parent} -> {target}; masks: {describe(masks)}")
-    parent_loss = lm_loss(model, calib)
-    learning = learn_masks(model, masks, windows, options)
+    ctx = distributed.current()
+    if ctx.sharded:
+        distributed.shard(model, bf16=options.get("precision") == "bf16",
+                          activation_checkpointing=bool(options.get("activation_checkpointing")))
+    probe = calib[:options.get("calib_windows", len(calib))]   # the losses below: not the whole mask-learning pool
+    parent_loss = lm_loss(model, probe)
+    learning = learn_masks(model, masks, windows, options, ctx)
     masks.fix_()
     with masked(model, masks), torch.no_grad():
-        masked_loss = lm_loss(model, calib)
+        masked_loss = lm_loss(model, probe)
+    if ctx.sharded:
+        model = gathered(model, model_device(model))  # a collective; the full weights on rank 0 only
+        if not ctx.main:
+            return PruneResult(model=None, masks=None, info={})
     plan = plan_from_masks(masks)
     fold_masks_(model, masks)
     child = cut_model(model, plan).eval()
-    child_loss = lm_loss(child, calib)
+    child_loss = lm_loss(child, probe)
     log(f"sheared: calib loss parent {parent_loss:.4f}, masked {masked_loss:.4f}, child {child_loss:.4f}; "
         f"{learning['mask_learning_tokens']} mask-learning tokens ({learning['mask_learning_passes']:.1f} passes)")
     info = {"target_shape": target,
@@ -186,6 +212,18 @@ def shear(model: torch.nn.Module, calib: torch.Tensor, target: dict, options: di
             "parent_calib_loss": parent_loss, "masked_calib_loss": masked_loss, "child_calib_loss": child_loss,
             "options": {key: option(options, key) for key in OPTIONS}, **learning}
     return PruneResult(model=child, masks=None, info=info)
+
+
+def gathered(model: torch.nn.Module, device: torch.device) -> torch.nn.Module | None:
+    """An unsharded copy of a sharded model on rank 0's ``device`` (None on other ranks); every rank calls it."""
+    from transformers import AutoModelForCausalLM
+
+    state = distributed.full_model_state(model)
+    if not distributed.current().main:
+        return None
+    full = AutoModelForCausalLM.from_config(model.config, dtype=next(iter(state.values())).dtype)
+    full.load_state_dict(state)
+    return full.to(device).eval()
 
 
 def prune(model: torch.nn.Module, calib: torch.Tensor, ratio: float, options: dict) -> PruneResult:

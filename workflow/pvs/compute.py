@@ -19,13 +19,13 @@ Convention (stated in every table that shows FLOPs):
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
 from pathlib import Path
 
 from pvs.budget import format_tokens, parse_tokens
+from pvs.cli import doc_parser
 
 CONVENTION = ("FLOPs = 6·N·D, N = non-embedding (non-zero for sparse) + LM-head parameters; pipeline = "
               "parent pretraining + pruning passes + retraining")
@@ -81,10 +81,7 @@ def setting3_record(pruned_dir: str | Path, parent_tokens: int, budget: int) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    paragraphs = __doc__.split("\n\n")
-    parser = argparse.ArgumentParser(prog="python -m pvs.compute", description=paragraphs[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(paragraphs[1:]))
+    parser = doc_parser("python -m pvs.compute", __doc__)
     parser.add_argument("--pruned", required=True, help="one-shot pruned model directory (has meta.json)")
     parser.add_argument("--parent-tokens", required=True, help="the parent's pretraining tokens P, e.g. 800k")
     parser.add_argument("--budget", required=True, help="the retraining budget N of the matched P-R_N, e.g. 200k")

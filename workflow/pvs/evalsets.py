@@ -17,7 +17,6 @@ The token comes from ``HF_TOKEN`` in the environment, never from a file.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from pvs.cli import doc_parser
 from pvs.config import ConfigError, load_config
 from pvs.corpus.bpe import token_dtype
 from pvs.modeling import load_tokenizer, write_json
@@ -135,10 +135,7 @@ def read_perplexity_set(eval_sets: str | Path, name: str) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    paragraphs = __doc__.split("\n\n")
-    parser = argparse.ArgumentParser(prog="python -m pvs.evalsets", description=paragraphs[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(paragraphs[1:]))
+    parser = doc_parser("python -m pvs.evalsets", __doc__)
     parser.add_argument("--config", required=True, help="study config (YAML): its evaluate section says what to fetch")
     parser.add_argument("--data", required=True, help="prepared data directory (tokenizer/, manifest.json)")
     parser.add_argument("--out", required=True, help="directory for NAME.bin/NAME.json, hub_tasks.json, index.json")

@@ -31,6 +31,7 @@ import pandas as pd
 
 from pvs import compute, figures, findings, paper_table, tables
 from pvs.budget import format_tokens, parse_tokens
+from pvs.cli import doc_parser
 from pvs.config import ConfigError, load_config
 from pvs.study import ARM_ORDER
 from pvs.tables import ACC, COMPUTE, LOSS, RUN_KEYS
@@ -277,10 +278,7 @@ def build_report(cfg: dict, records: list[dict], out_dir: str | os.PathLike, dpi
 # ---------------------------------------------------------------- CLI
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    paragraphs = __doc__.split("\n\n")
-    parser = argparse.ArgumentParser(prog="python -m pvs.report", description=paragraphs[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(paragraphs[1:]))
+    parser = doc_parser("python -m pvs.report", __doc__)
     parser.add_argument("--config", required=True, help="study config (YAML): the grid the tables follow")
     parser.add_argument("--evals", nargs="+", default=[], metavar="JSON",
                         help="evaluation JSON files (python -m pvs.evaluate), one per model")

@@ -20,7 +20,6 @@ The shard folder must stay next to the data it serves.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import itertools
 import json
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from pvs.cli import doc_parser
 from pvs.config import ConfigError, load_config
 from pvs.corpus.bpe import load_pretrained, token_dtype
 from pvs.corpus.sources import CorpusError
@@ -178,10 +178,7 @@ def assemble(cfg: dict, shards_dir: str | Path, tokenizer_dir: str, out: str | P
 
 
 def main(argv: list[str] | None = None) -> int:
-    paragraphs = __doc__.split("\n\n")
-    parser = argparse.ArgumentParser(prog="python -m pvs.shards", description=paragraphs[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(paragraphs[1:]))
+    parser = doc_parser("python -m pvs.shards", __doc__)
     parser.add_argument("step", choices=["tokenize", "assemble"])
     parser.add_argument("--config", required=True, help="study config (YAML)")
     parser.add_argument("--tokenizer", required=True, help="the parent's tokenizer: hub id or directory")

@@ -127,26 +127,29 @@ def test_bf16_mixed_precision_keeps_fp32_master_weights(byte_splits, config, tmp
         assert {w.dtype for w in weights(tmp_path / name).values()} == {torch.float32}, name
 
 
-def test_sheared_llama_learns_the_same_masks_in_two_processes(byte_splits, config, tmp_path):
+def prune(nproc: int, parent: Path, data: Path, out: Path, config: Path, *extra) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] \
+        if nproc > 1 else [sys.executable]
+    return subprocess.run(launcher + ["-m", "pvs.prune", "--ratio", "0.5", "--model", str(parent), "--data", str(data),
+                                      "--out", str(out), "--config", str(config), "--threads", "1", *map(str, extra)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "workflow"), "OMP_NUM_THREADS": "1"})
+
+
+def test_sheared_llama_learns_the_same_masks_in_two_processes_and_resumes(byte_splits, config, tmp_path):
     """Sheared-LLaMA's mask learning sharded with FSDP2 (2 processes) follows the 1-process run and cuts the
-    same child; rank 0 writes it."""
-    train(1, byte_splits, tmp_path / "parent", config, "--arm", "parent", "--tokens", 1024)
+    same child; rank 0 writes it. Interrupted, it resumes from its checkpoint (here with 1 process)."""
+    parent = tmp_path / "parent"
+    train(1, byte_splits, parent, config, "--arm", "parent", "--tokens", 1024)
     prune_config = write_config(tmp_path / "prune.yaml")
     raw = yaml.safe_load(prune_config.read_text())
     raw["prune"].update(calib_windows=8, calib_seq_len=32, sheared_mask_tokens=4096, sheared_batch_size=4)
     prune_config.write_text(yaml.safe_dump(raw))
     metas = {}
     for nproc in (1, 2):
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] \
-            if nproc > 1 else [sys.executable]
-        out = tmp_path / f"sheared{nproc}"
-        result = subprocess.run(launcher + ["-m", "pvs.prune", "--method", "sheared_llama", "--ratio", "0.5",
-                                            "--model", str(tmp_path / "parent"), "--data", str(byte_splits),
-                                            "--out", str(out), "--config", str(prune_config), "--threads", "1"],
-                                capture_output=True, text=True, timeout=300,
-                                env={**os.environ, "PYTHONPATH": str(ROOT / "workflow"), "OMP_NUM_THREADS": "1"})
+        result = prune(nproc, parent, byte_splits, tmp_path / f"sheared{nproc}", prune_config, "--method", "sheared_llama")
         assert result.returncode == 0, result.stderr[-3000:]
-        metas[nproc] = json.loads((out / "meta.json").read_text())
+        metas[nproc] = json.loads((tmp_path / f"sheared{nproc}" / "meta.json").read_text())
     one, two = metas[1]["info"], metas[2]["info"]
     assert (one["processes"], two["processes"]) == (1, 2) and one["mask_learning_steps"] == 32
     lm = [[h["lm_loss"] for h in run["history"][1:]] for run in (one, two)]
@@ -156,10 +159,23 @@ def test_sheared_llama_learns_the_same_masks_in_two_processes(byte_splits, confi
     assert one["kept"] == two["kept"] and metas[1]["shape"]["child"] == metas[2]["shape"]["child"]
     assert two["child_calib_loss"] == pytest.approx(one["child_calib_loss"], rel=1e-4)
     assert weights(tmp_path / "sheared2").keys() == weights(tmp_path / "sheared1").keys()
+
+    # stopped after 10 of 32 steps and again after 20 under 2 processes, finished with 1 process
+    ckpt, out = tmp_path / "sheared.ckpt", tmp_path / "resumed"
+    stopped = prune(2, parent, byte_splits, out, prune_config, "--method", "sheared_llama", "--ckpt", ckpt,
+                    "--stop-after-steps", 10)
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert not (out / "meta.json").exists() and (ckpt / "latest").exists()
+    again = prune(2, parent, byte_splits, out, prune_config, "--method", "sheared_llama", "--ckpt", ckpt,
+                  "--stop-after-steps", 10)                              # a sharded restore: steps 10..20
+    assert again.returncode == 0 and "resumed mask learning at step 10" in again.stderr, again.stderr[-3000:]
+    resumed = prune(1, parent, byte_splits, out, prune_config, "--method", "sheared_llama", "--ckpt", ckpt)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    info = json.loads((out / "meta.json").read_text())["info"]
+    assert info["resumed_from_step"] == 20 and not ckpt.exists()
+    assert [h["lm_loss"] for h in info["history"][1:]] == pytest.approx(lm[0], rel=1e-4)
+    assert info["kept"] == one["kept"]
+
     # the layer-by-layer methods refuse torchrun, naming the one that runs there
-    refused = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                              "-m", "pvs.prune", "--method", "sparsegpt", "--ratio", "0.5", "--model",
-                              str(tmp_path / "parent"), "--data", str(byte_splits), "--out", str(tmp_path / "sgpt"),
-                              "--config", str(prune_config), "--threads", "1"], capture_output=True, text=True,
-                             timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT / "workflow"), "OMP_NUM_THREADS": "1"})
+    refused = prune(2, parent, byte_splits, tmp_path / "sgpt", prune_config, "--method", "sparsegpt")
     assert refused.returncode != 0 and "only sheared_llama runs under torchrun" in refused.stderr

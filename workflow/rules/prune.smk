@@ -14,6 +14,9 @@ rule prune:
         options=lambda wildcards: method_options(wildcards.method, config["prune"]),
         seed=config["seed"],
         launcher=lambda wildcards: launcher(prune_stage(wildcards.method)),
+        ckpt=lambda wildcards: (
+            f"--ckpt {R}/ckpt/pruned/{wildcards.method}/r{wildcards.ratio}" if wildcards.method == "sheared_llama" else ""
+        ),
     log:
         f"{R}/logs/prune/{{method}}/r{{ratio}}.log",
     benchmark:
@@ -23,4 +26,4 @@ rule prune:
     threads: config["threads_per_job"]
     shell:
         f"{{params.launcher}} -m pvs.prune --method {{wildcards.method}} --ratio {{wildcards.ratio}} --model {{input.parent}}"
-        f" --data {R}/data --out {{output}} --config {CONFIG} --threads {{threads}} > {{log}} 2>&1"
+        f" --data {R}/data --out {{output}} --config {CONFIG} --threads {{threads}} {{params.ckpt}} > {{log}} 2>&1"

@@ -29,6 +29,7 @@ from pvs.config import load_config, validate_config
 from pvs.modeling import MASKS_FILE, count_params, load_model, pick_device, save_model, shape_of
 from pvs.prune.common import achieved_ratio, calibration_windows, copy_tokenizer_files, log, write_meta
 from pvs.prune.registry import METHOD_NAMES, Method, get_method
+from pvs.prune.sheared import Stopped
 from pvs.prune.sparsegpt import resolve_nm
 from pvs.versions import library_versions
 
@@ -52,6 +53,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help="override the config's seed (picks the calibration windows)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the config's device")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: threads_per_job)")
+    parser.add_argument("--ckpt", help="checkpoint directory of Sheared-LLaMA's mask learning: written every "
+                                       "prune.sheared_checkpoint_every steps, resumed by a re-run, removed at the end")
+    parser.add_argument("--stop-after-steps", type=int, help="Sheared-LLaMA: checkpoint and exit after this many "
+                                                             "mask-learning steps (to test resume)")
     args = parser.parse_args(argv)
     if not 0 < args.ratio < 1:
         parser.error(f"--ratio {args.ratio!r}: a pruning ratio must lie in (0, 1)")
@@ -70,6 +75,7 @@ def resolve_options(args: argparse.Namespace, cfg: dict) -> dict:
     options["device"] = args.device or cfg["device"]
     options["precision"] = cfg["train"]["precision"]                 # Sheared-LLaMA under torchrun (FSDP2)
     options["activation_checkpointing"] = cfg["train"]["activation_checkpointing"]
+    options["ckpt"], options["stop_after_steps"] = args.ckpt, args.stop_after_steps
     if args.method == "sparsegpt_nm":
         options["nm"] = resolve_nm(options["nm_patterns"], args.ratio)
     return options
@@ -110,7 +116,12 @@ def run(args: argparse.Namespace, cfg: dict, options: dict) -> dict:
     model = load_model(args.model, device)
     parent_params, parent_shape = count_params(model), shape_of(model.config)
     start = time.time()
-    result = method.prune(model, calib, args.ratio, options)
+    try:
+        result = method.prune(model, calib, args.ratio, options)
+    except Stopped as stopped:                        # --stop-after-steps: the checkpoint is written, no child
+        log(str(stopped))
+        distributed.teardown(ctx)
+        return {}
     seconds = time.time() - start
     if not ctx.main:                                  # rank 0 writes the child
         distributed.teardown(ctx)

@@ -26,13 +26,16 @@ return no model.
 """
 from __future__ import annotations
 
+import itertools
 import math
+import shutil
 import sys
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from pvs import distributed
+from pvs import checkpoint, distributed
 from pvs.prune.common import PruneResult, lm_loss, log, model_device
 from pvs.prune.shapes import parent_shape, solve_shape
 from pvs.prune.sheared_cut import cut_model, fold_masks_, plan_from_masks, random_plan
@@ -48,6 +51,7 @@ OPTIONS = {
     "sheared_lambda_lr": (1.0, "Peak learning rate (gradient ascent) of the Lagrange multipliers (the authors' 1.0)."),
     "sheared_lagrangian_warmup": (0.2, "Fraction of mask-learning steps over which the target size ramps in."),
     "sheared_prune_layers": (False, "Also learn layer masks (always on when the target has fewer layers)."),
+    "sheared_checkpoint_every": (500, "Mask-learning steps between checkpoints (when the prune job has --ckpt)."),
 }
 LR_WARMUP = 0.1  # fraction of steps of linear LR warm-up (authors' recipe)
 MIN_LR_RATIO = 0.1  # cosine decays to this fraction of the peak
@@ -120,12 +124,19 @@ def snapshot(step: int, lm: float, lag: float, masks: ShearingMasks) -> dict:
             "lambdas": {k: v.item() for k, v in masks.lambdas.items()}}
 
 
+class Stopped(Exception):
+    """Mask learning stopped early after a checkpoint (``stop_after_steps``, to test resume)."""
+
+
 def learn_masks(model: torch.nn.Module, masks: ShearingMasks, windows: torch.Tensor, options: dict,
                 ctx: distributed.Dist = distributed.Dist()) -> dict:
     """Train weights, masks and multipliers jointly; returns token counts and the history of the gap.
 
     Sharded (``ctx.world`` > 1): rank r takes windows r, r + world, ... of each step's batch; FSDP2 averages
-    the weights' gradients, ``average_grads_`` the masks' and multipliers' (replicated on every rank)."""
+    the weights' gradients, ``average_grads_`` the masks' and multipliers' (replicated on every rank).
+    With ``options["ckpt"]`` a checkpoint (weights, masks, multipliers, AdamW, gate-noise generator, history)
+    is written every ``sheared_checkpoint_every`` steps and a re-run resumes from it; ``stop_after_steps``
+    checkpoints and raises Stopped (tests)."""
     batch_size, seq_len = option(options, "sheared_batch_size"), windows.shape[1]
     if batch_size % ctx.world:
         raise ValueError(f"prune.sheared_batch_size = {batch_size} is not divisible by the {ctx.world} processes")
@@ -138,9 +149,23 @@ def learn_masks(model: torch.nn.Module, masks: ShearingMasks, windows: torch.Ten
     generator = torch.Generator(device=device).manual_seed(seed)     # the same gate noise on every rank
     every = max(1, steps // HISTORY_POINTS)
     history = [snapshot(0, float("nan"), 0.0, masks)]
+    trained = torch.nn.ModuleDict({"model": model, "masks": masks})  # one state dict for the checkpoints
+    ckpt = Path(options["ckpt"]) if options.get("ckpt") else None
+    signature = {"steps": steps, "batch_size": batch_size, "seq_len": seq_len, "seed": seed,
+                 "windows": int(len(windows)), "target": {k: m.target for k, m in masks.masks.items()}}
+    start = 0
+    if ckpt is not None and checkpoint.load_state(ckpt) is not None:
+        state = checkpoint.restore(ckpt, trained, optimizer, ctx)
+        if state["signature"] != signature:
+            raise ValueError(f"the mask-learning checkpoint in {ckpt} belongs to another run ({state['signature']} "
+                             f"!= {signature}); delete it to start again")
+        start, history = state["step"], state["history"]
+        generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+        log(f"sheared: resumed mask learning at step {start} of {steps} from {ckpt}")
     model.train()
-    bar = tqdm(enumerate(batches(windows, batch_size, steps, seed)), total=steps, desc="sheared: mask learning",
-               file=sys.stderr, mininterval=5, disable=not ctx.main)
+    stream = itertools.islice(enumerate(batches(windows, batch_size, steps, seed)), start, None)
+    bar = tqdm(stream, initial=start, total=steps, desc="sheared: mask learning", file=sys.stderr, mininterval=5,
+               disable=not ctx.main)
     with masked(model, masks):
         for step, batch in bar:
             for group in optimizer.param_groups:
@@ -158,14 +183,23 @@ def learn_masks(model: torch.nn.Module, masks: ShearingMasks, windows: torch.Ten
             if (step + 1) % every == 0 or step + 1 == steps:
                 history.append(snapshot(step + 1, distributed.mean(lm.item(), ctx), lag.item(), masks))
                 bar.set_postfix(lm=f"{history[-1]['lm_loss']:.3f}", gap=f"{history[-1]['gap']:.3f}")
+            stop = bool(options.get("stop_after_steps")) and step + 1 - start >= options["stop_after_steps"]
+            if ckpt is not None and step + 1 < steps and (stop or (step + 1) % option(options, "sheared_checkpoint_every") == 0):
+                checkpoint.save(ckpt, trained, optimizer, {"step": step + 1, "signature": signature, "history": history,
+                                                           "generator": generator.get_state().tolist()}, ctx)
+            if stop and step + 1 < steps:
+                raise Stopped(f"sheared: stopped after step {step + 1} of {steps} (checkpoint in {ckpt})")
     model.eval()
+    if ckpt is not None and ctx.main:
+        shutil.rmtree(ckpt, ignore_errors=True)
     tokens = steps * batch_size * seq_len
     if tokens > REUSE_WARNING * windows.numel():
         log(f"sheared: warning: {tokens} mask-learning tokens cycled {tokens / windows.numel():.1f} times over "
             f"{windows.numel()} calibration tokens; the weights may overfit them (give more calibration windows)")
     return {"mask_learning_tokens": tokens, "mask_learning_steps": steps,
             "mask_learning_unique_tokens": int(windows.numel()),
-            "mask_learning_passes": tokens / windows.numel(), "processes": ctx.world, "history": history}
+            "mask_learning_passes": tokens / windows.numel(), "processes": ctx.world,
+            "resumed_from_step": start, "history": history}
 
 
 # -------------------------------------------------------------------- the method

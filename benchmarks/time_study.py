@@ -5,7 +5,8 @@
 
 Writes ``benchmarks/results/<study>.json`` (wall seconds of the full run, of a `snakemake -n` on the
 finished study and on an empty one, and per rule: job count, summed and maximum job seconds from
-Snakemake's ``benchmark:`` files). The study's results folder is deleted first unless --keep is given.
+Snakemake's ``benchmark:`` files). The study's results folder is emptied first unless --keep is given (other studies' folders nested in it,
+such as results/smoke, and links are kept).
 """
 from __future__ import annotations
 
@@ -47,6 +48,11 @@ def per_rule_seconds(bench_dir: Path) -> dict[str, dict]:
     return {k: {"jobs": len(v), "sum_s": round(sum(v), 1), "max_s": round(max(v), 1)} for k, v in sorted(rules.items())}
 
 
+def other_study(path: Path) -> bool:
+    """A folder (or a link to one) holding another study's results, e.g. results/smoke inside results/."""
+    return path.is_symlink() or (path.is_dir() and (path / "config.resolved.yaml").exists())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configfile", default="config.yaml", help="study config to run")
@@ -56,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(ROOT / args.configfile)
     results = ROOT / cfg["results_dir"]
     if not args.keep and results.exists():
-        for child in results.iterdir():  # everything the study wrote; the tracked README stays
-            if child.name != "README.md":
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        for child in results.iterdir():  # everything the study wrote; the README and other studies' folders stay
+            if child.name == "README.md" or other_study(child):
+                continue
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
     dry_empty, _ = snakemake(args.configfile, args.cores, "-n")
     wall, run = snakemake(args.configfile, args.cores)
     if run.returncode != 0:

@@ -71,8 +71,10 @@ def job_resources(cfg: dict, stage: str, params: int | None = None, tokens: int 
 
 
 def prune_stage(method: str) -> str:
-    """Sheared-LLaMA's prune job trains the whole parent (stage 'sheared'); the others prune layer by layer."""
-    return "sheared" if method == "sheared_llama" else "prune"
+    """'sheared' for a method that trains the whole parent (Sheared-LLaMA's mask learning), else 'prune'."""
+    from pvs.prune.registry import TRAINS_PARENT      # a lazy registry: no method module is imported
+
+    return "sheared" if method in TRAINS_PARENT else "prune"
 
 
 def prune_size_and_tokens(cfg: dict, method: str) -> tuple[int | None, int | None]:

@@ -14,9 +14,9 @@ At most ``data.hf.max_documents / K`` rows per shard.
 disjoint slices by token offset: val, calib, pretrain (the parent's), retrain (the children's), with
 ``data.splits`` as fractions of the tokens. It copies nothing: manifest.json records each split as ranges
 of the shard files (``pvs.tokens.load_split`` reads them in place), next to the tokenizer and
-heldout_docs.jsonl in the layout of ``pvs.data`` (manifest last). Only the shards at the cut points are
-read, to find document boundaries and count documents, so assembling costs the same at any corpus size.
-The shard folder must stay next to the data it serves.
+heldout_docs.jsonl in the layout of ``pvs.data`` (manifest last). It reads the val split (for the held-out
+documents) and, to find document boundaries and count documents, only the shards a cut falls in; whole
+shards take their counts from the shard records. The shard folder must stay next to the data it serves.
 """
 from __future__ import annotations
 

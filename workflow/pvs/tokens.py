@@ -116,30 +116,22 @@ class TokenStream:
     """
 
     def __init__(self, arrays: list[np.ndarray], start: int = 0):
-        self.arrays = arrays
-        self.length = sum(len(a) for a in arrays)
-        if self.length == 0:
+        self.tokens = TokenView([a for a in arrays if len(a)]) if any(len(a) for a in arrays) else None
+        if self.tokens is None:
             raise ValueError("token stream is empty")
-        self.start = start
+        self.length, self.start = len(self.tokens), start
 
     def read(self, position: int, n: int) -> np.ndarray:
         """``n`` tokens starting ``position`` tokens after the stream's start (int64)."""
         out = np.empty(n, dtype=np.int64)
         filled = 0
         offset = (self.start + position) % self.length
-        while filled < n:
-            chunk = self._read_contiguous(offset, n - filled)
+        while filled < n:                               # wraps around at the end of the stream
+            chunk = self.tokens[offset:offset + n - filled]
             out[filled:filled + len(chunk)] = chunk
             filled += len(chunk)
             offset = (offset + len(chunk)) % self.length
         return out
-
-    def _read_contiguous(self, offset: int, n: int) -> np.ndarray:
-        for array in self.arrays:
-            if offset < len(array):
-                return np.asarray(array[offset:offset + n])
-            offset -= len(array)
-        raise IndexError(offset)
 
     def windows(self, indices, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
         """Inputs and next-token targets, each (len(indices), seq_len): window i starts at i * seq_len."""

@@ -15,7 +15,9 @@ rule prune:
         seed=config["seed"],
         launcher=lambda wildcards: launcher(prune_stage(wildcards.method)),
         ckpt=lambda wildcards: (
-            f"--ckpt {R}/ckpt/pruned/{wildcards.method}/r{wildcards.ratio}" if wildcards.method == "sheared_llama" else ""
+            f"--ckpt {R}/ckpt/pruned/{wildcards.method}/r{wildcards.ratio}"
+            if prune_stage(wildcards.method) == "sheared"
+            else ""
         ),
     log:
         f"{R}/logs/prune/{{method}}/r{{ratio}}.log",

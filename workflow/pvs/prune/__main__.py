@@ -28,12 +28,10 @@ from pvs import distributed
 from pvs.config import load_config, validate_config
 from pvs.modeling import MASKS_FILE, count_params, load_model, pick_device, save_model, shape_of
 from pvs.prune.common import achieved_ratio, calibration_windows, copy_tokenizer_files, log, write_meta
-from pvs.prune.registry import METHOD_NAMES, Method, get_method
+from pvs.prune.registry import METHOD_NAMES, TRAINS_PARENT, Method, get_method
 from pvs.prune.sheared import Stopped
 from pvs.prune.sparsegpt import resolve_nm
 from pvs.versions import library_versions
-
-SHARDED_METHODS = ("sheared_llama",)      # the one method that trains the whole parent: FSDP2 under torchrun
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -100,9 +98,9 @@ def run(args: argparse.Namespace, cfg: dict, options: dict) -> dict:
     torch.manual_seed(options["seed"])
     method = get_method(args.method)
     ctx = distributed.setup(options["device"])
-    if ctx.sharded and args.method not in SHARDED_METHODS:
+    if ctx.sharded and not method.trains_parent:
         raise ValueError(f"--method {args.method} runs in one process (layer by layer); only "
-                         f"{', '.join(SHARDED_METHODS)} runs under torchrun")
+                         f"{', '.join(sorted(TRAINS_PARENT))} runs under torchrun")
     device = pick_device(options["device"])
     if ctx.sharded and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)

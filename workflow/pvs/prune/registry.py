@@ -20,11 +20,14 @@ METHODS: dict[str, str] = {
     "sheared_llama": "pvs.prune.sheared",
 }
 SPARSE = {"sparsegpt", "sparsegpt_nm"}
+# methods that train the whole parent (mask learning): FSDP2 under torchrun, training's GPUs, checkpoints
+TRAINS_PARENT = {"sheared_llama"}
 # coarse -> fine, the order of every table and figure
 GRANULARITY_ORDER = ["minitron_depth", "minitron_width", "sheared_llama", "flap", "sparsegpt_nm", "sparsegpt"]
 METHOD_NAMES = list(METHODS)
 # the prune-config keys each method reads, besides the calibration (the prune rule's rerun trigger)
 CALIBRATION_OPTIONS = ("calib_windows", "calib_seq_len")
+RUN_ONLY_OPTIONS = ("sheared_checkpoint_every",)     # how a job runs, not what it computes: no rerun
 OPTION_PREFIXES = {"minitron_width": ("minitron_",), "sheared_llama": ("sheared_",), "flap": ("flap_",),
                    "sparsegpt": ("sparsegpt_",), "sparsegpt_nm": ("sparsegpt_", "nm_patterns")}
 DISPLAY_NAMES = {"minitron_depth": "Minitron-Depth", "minitron_width": "Minitron-Width",
@@ -39,6 +42,7 @@ class Method:
     module: object
     prune: Callable
     sparse: bool
+    trains_parent: bool
 
 
 def get_method(name: str) -> Method:
@@ -47,7 +51,7 @@ def get_method(name: str) -> Method:
         raise KeyError(f"unknown pruning method {name!r} (known: {', '.join(METHODS)})")
     module_name, _, function = METHODS[name].partition(":")
     module = importlib.import_module(module_name)
-    return Method(name, module, getattr(module, function or "prune"), name in SPARSE)
+    return Method(name, module, getattr(module, function or "prune"), name in SPARSE, name in TRAINS_PARENT)
 
 
 def display_name(method: str) -> str:
@@ -62,4 +66,5 @@ def method_options(method: str, prune_config: dict) -> dict:
     re-run this one.
     """
     prefixes = OPTION_PREFIXES.get(method, ())
-    return {k: v for k, v in prune_config.items() if k in CALIBRATION_OPTIONS or k.startswith(prefixes)}
+    return {k: v for k, v in prune_config.items()
+            if (k in CALIBRATION_OPTIONS or k.startswith(prefixes)) and k not in RUN_ONLY_OPTIONS}

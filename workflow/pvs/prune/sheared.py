@@ -183,11 +183,14 @@ def learn_masks(model: torch.nn.Module, masks: ShearingMasks, windows: torch.Ten
             if (step + 1) % every == 0 or step + 1 == steps:
                 history.append(snapshot(step + 1, distributed.mean(lm.item(), ctx), lag.item(), masks))
                 bar.set_postfix(lm=f"{history[-1]['lm_loss']:.3f}", gap=f"{history[-1]['gap']:.3f}")
-            stop = bool(options.get("stop_after_steps")) and step + 1 - start >= options["stop_after_steps"]
-            if ckpt is not None and step + 1 < steps and (stop or (step + 1) % option(options, "sheared_checkpoint_every") == 0):
-                checkpoint.save(ckpt, trained, optimizer, {"step": step + 1, "signature": signature, "history": history,
-                                                           "generator": generator.get_state().tolist()}, ctx)
-            if stop and step + 1 < steps:
+            done = step + 1
+            stop = bool(options.get("stop_after_steps")) and done - start >= options["stop_after_steps"]
+            due = stop or done % option(options, "sheared_checkpoint_every") == 0
+            if ckpt is not None and done < steps and due:
+                state = {"step": done, "signature": signature, "history": history,
+                         "generator": generator.get_state().tolist()}
+                checkpoint.save(ckpt, trained, optimizer, state, ctx)
+            if stop and done < steps:
                 raise Stopped(f"sheared: stopped after step {step + 1} of {steps} (checkpoint in {ckpt})")
     model.eval()
     if ckpt is not None and ctx.main:

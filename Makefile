@@ -1,5 +1,6 @@
 # The README's two commands:  `make study` (set up + run the default study) and `make test` (set up + run the tests).
-# Both create .venv from the pinned lock file when it is missing or older than the lock.
+# Both create .venv from the pinned lock file (and install the package pvs, editable) when it is missing
+# or older than the lock file or pyproject.toml.
 PYTHON ?= python3
 VENV   ?= .venv
 CORES  ?= 2
@@ -9,10 +10,11 @@ BIN     = $(VENV)/bin
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: envs/requirements.lock.txt
+$(VENV)/.installed: envs/requirements.lock.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r envs/requirements.lock.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .   # the package pvs (workflow/pvs)
 	touch $@
 
 study: venv  ## the default study (config.yaml) -> results/

@@ -4,7 +4,7 @@
     python benchmarks/gpu_train.py --size tiny --device cpu --steps 3            # a logic check on CPU
 
 Runs ``--warmup`` + ``--steps`` optimizer steps of random tokens through the project's own FSDP2 set-up
-(pvs.distributed.shard: per-layer fully_shard, bf16 compute with fp32 master weights, optional activation
+(pvs.train.distributed.shard: per-layer fully_shard, bf16 compute with fp32 master weights, optional activation
 checkpointing) and AdamW, then prints and writes (``--out``, JSON) tokens/s over the timed steps and
 MFU = 6·N·(tokens/s) / (processes x --peak-flops), N = non-embedding + head parameters (pvs.compute).
 """
@@ -19,12 +19,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
-
-from pvs import distributed  # noqa: E402
-from pvs.modeling import count_params  # noqa: E402
-from pvs.versions import library_versions  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from pvs.train import distributed
+from pvs.modeling import count_params
+from pvs.versions import library_versions
+from transformers import LlamaConfig, LlamaForCausalLM
 
 SIZES = {  # ~1.2B: the shape of a Llama-3.1-8B child at r ~ 0.85 with the full vocabulary
     "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=16,

@@ -20,14 +20,13 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow"))
 
-from pvs.config import load_config  # noqa: E402
-from pvs.modeling import count_params, llama_config, load_model, new_model  # noqa: E402
-from pvs.prune.__main__ import calibration_window_count, method_calibration, resolve_options  # noqa: E402
-from pvs.prune.common import achieved_ratio  # noqa: E402
-from pvs.prune.registry import METHOD_NAMES, get_method  # noqa: E402
-from pvs.versions import library_versions  # noqa: E402
+from pvs.config import load_config
+from pvs.modeling import count_params, llama_config, load_model, new_model
+from pvs.prune.__main__ import calibration_window_count, method_calibration, resolve_options
+from pvs.prune.common import achieved_ratio
+from pvs.prune.registry import METHOD_NAMES, get_method
+from pvs.versions import library_versions
 
 
 def parent_model(args, cfg):

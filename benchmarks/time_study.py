@@ -24,10 +24,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow"))
 
-from pvs.config import load_config  # noqa: E402
-from pvs.versions import library_versions  # noqa: E402
+from pvs.config import load_config
+from pvs.versions import library_versions
 
 
 def snakemake(configfile: str, cores: int, *extra: str) -> tuple[float, subprocess.CompletedProcess]:

@@ -15,9 +15,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow"))
-
-from pvs.modeling import llama_config, new_model  # noqa: E402
+from pvs.modeling import llama_config, new_model
 
 SHARED_BLIMP = ROOT.parent / "shared" / "data" / "blimp"
 TINY_ARCH = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=10, num_attention_heads=4,
@@ -56,7 +54,7 @@ def _train_tokenizer(texts: list[str], vocab_size: int):
 
 @pytest.fixture(scope="session")
 def byte_splits(tmp_path_factory) -> Path:
-    """A small data dir in the pvs.tokens layout, from real text with a 512-token BPE tokenizer.
+    """A small data dir in the pvs.data.tokens layout, from real text with a 512-token BPE tokenizer.
 
     Documents (two sources: prose, code) are shuffled and split 70/15/5/10 into pretrain/retrain/
     calib/val; val is grouped by source; heldout_docs.jsonl holds the val documents as text.
@@ -122,6 +120,6 @@ def tiny_trained_model(byte_splits, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def val(byte_splits) -> torch.Tensor:
     """16 held-out windows of 128 tokens spread over the val split (the one-shot loss of the prune tests)."""
-    from pvs.tokens import load_split, spread_windows
+    from pvs.data.tokens import load_split, spread_windows
 
     return torch.from_numpy(spread_windows(load_split(byte_splits, "val"), 128, 16))

@@ -13,15 +13,15 @@ import pytest
 import yaml
 from pydoc_data.topics import topics
 
-from pvs import data as data_stage
+from pvs.data import prepare as data_stage
 from pvs.config import validate_config
-from pvs.corpus import debian
-from pvs.corpus.books import DEBIAN_SOURCES, read_austen, read_moby_dick, read_web_bible
-from pvs.corpus.rdata import LazyLoadDB
-from pvs.corpus.sources import CorpusError, Document, rows_documents
-from pvs.corpus.sword import ZTextModule, osis_to_text
-from pvs.corpus.text import clean_text, cut_documents
-from pvs.tokens import SPLITS, load_split, read_manifest
+from pvs.data.corpus import debian
+from pvs.data.corpus.books import DEBIAN_SOURCES, read_austen, read_moby_dick, read_web_bible
+from pvs.data.corpus.rdata import LazyLoadDB
+from pvs.data.corpus.sources import CorpusError, Document, rows_documents
+from pvs.data.corpus.sword import ZTextModule, osis_to_text
+from pvs.data.corpus.text import clean_text, cut_documents
+from pvs.data.tokens import SPLITS, load_split, read_manifest
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()

@@ -37,7 +37,7 @@ def train(nproc: int, data: Path, out: Path, config: Path, *extra) -> None:
         if nproc > 1 else [sys.executable]
     cmd = launcher + ["-m", "pvs.train", "--data", str(data), "--out", str(out), "--config", str(config),
                       "--ckpt", f"{out}.ckpt", "--threads", "1", *map(str, extra)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "workflow"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -98,7 +98,7 @@ def test_multi_node_launcher_runs_one_torchrun_per_node(byte_splits, config, tmp
     run = ["--arm", "parent", "--tokens", 2048]
     train(1, byte_splits, tmp_path / "one", config, *run)
     standin = ROOT / "tests" / "slurm_standin"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "workflow"), "OMP_NUM_THREADS": "1",
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PATH": f"{standin}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
            "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_NNODES": "2", "FAKE_SLURM_DIR": str(tmp_path / "slurm")}
     args = ["-m", "pvs.train", "--data", byte_splits, "--out", tmp_path / "nodes", "--config", config,
@@ -133,7 +133,7 @@ def prune(nproc: int, parent: Path, data: Path, out: Path, config: Path, *extra)
     return subprocess.run(launcher + ["-m", "pvs.prune", "--ratio", "0.5", "--model", str(parent), "--data", str(data),
                                       "--out", str(out), "--config", str(config), "--threads", "1", *map(str, extra)],
                           capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(ROOT / "workflow"), "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def test_sheared_llama_learns_the_same_masks_in_two_processes_and_resumes(byte_splits, config, tmp_path):

@@ -1,4 +1,4 @@
-"""The evaluate stage: generated lm-eval tasks (pvs.evaltasks) and scoring one model (pvs.evaluate).
+"""The evaluate stage: generated lm-eval tasks (pvs.evaluate.tasks) and scoring one model (pvs.evaluate).
 
 Uses the session fixtures of conftest.py: ``byte_splits`` (a data dir from real text) and
 ``tiny_trained_model`` (a 10-layer Llama trained briefly on it). lm-eval runs offline on a few examples.
@@ -17,9 +17,9 @@ import torch
 from conftest import SHARED_BLIMP, TINY_ARCH
 from safetensors.torch import save_file
 
-from pvs import evalsets, evaltasks, evaluate
+from pvs.evaluate import score as evaluate, sets as evalsets, tasks as evaltasks
 from pvs.modeling import load_model, load_tokenizer, llama_config, new_model
-from pvs.tokens import read_manifest
+from pvs.data.tokens import read_manifest
 
 EXAMPLES = 30
 LIMIT = 12           # lm-eval examples per task in the end-to-end runs
@@ -124,7 +124,7 @@ def test_a_wrong_hub_task_or_metric_is_named_before_any_evaluation(capsys):
 
 
 def test_blimp_is_skipped_cleanly_when_its_directory_is_absent(byte_splits, tmp_path, caplog):
-    with caplog.at_level("INFO", logger="pvs.evaltasks"):
+    with caplog.at_level("INFO", logger="pvs.evaluate.tasks"):
         tasks = evaltasks.generate(byte_splits, tmp_path, 10, 0, tmp_path / "no_blimp", ["x"], 5)
     assert set(tasks) == {"heldout_mc", "heldout_cloze"} and not (tmp_path / "blimp").exists()
     assert "BLiMP skipped" in caplog.text
@@ -273,10 +273,10 @@ def local_text_dataset(texts: list[str], root: Path) -> Path:
 
 def test_perplexity_sets_are_fetched_once_and_scored_offline(tiny_trained_model, byte_splits, tmp_path, capsys):
     """evaluate.perplexity_datasets (WikiText/C4 at scale) on a local json dataset: fetched into a token file by
-    pvs.evalsets, then pvs.evaluate scores exactly its windows."""
+    pvs.evaluate.sets, then pvs.evaluate scores exactly its windows."""
     import yaml
 
-    from pvs.evalsets import read_perplexity_set
+    from pvs.evaluate.sets import read_perplexity_set
 
     texts = heldout_texts(byte_splits)[:20]
     spec = {"name": str(local_text_dataset(texts, tmp_path / "ds")), "split": "test", "text_field": "body"}
@@ -320,9 +320,8 @@ def test_an_unreachable_hub_task_is_named(byte_splits, tmp_path):
 
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"evaluate": {"hub_tasks": {"arc_easy": "acc_norm"}}}))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "workflow")}
-    result = subprocess.run([sys.executable, "-m", "pvs.evalsets", "--config", str(config), "--data", str(byte_splits),
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run([sys.executable, "-m", "pvs.evaluate.sets", "--config", str(config), "--data", str(byte_splits),
                              "--out", str(tmp_path / "sets")], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 2
     assert "evaluate.hub_tasks.arc_easy: lm-eval cannot build it" in result.stderr

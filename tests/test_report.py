@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from pvs import report
+from pvs.report import build as report
 from pvs.config import validate_config
-from pvs.tables import run_label
+from pvs.report.tables import run_label
 
 RAW_CONFIG = {"study": "synthetic",
               "parent": {"tokens": "1M"},

@@ -1,4 +1,4 @@
-"""A Hugging Face dataset at scale (pvs.shards), on a small local `datasets` dataset: parallel shards,
+"""A Hugging Face dataset at scale (pvs.data.shards), on a small local `datasets` dataset: parallel shards,
 resume, splits by token offset, and the workflow's data jobs end to end."""
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pvs import shards
+from pvs.data import shards
 from pvs.config import ConfigError, validate_config
-from pvs.tokens import TokenStream, TokenView, load_split, read_manifest
+from pvs.data.tokens import TokenStream, TokenView, load_split, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,7 +120,7 @@ def test_a_parent_trains_and_evaluates_on_sharded_splits(local_dataset, byte_spl
     result = subprocess.run([sys.executable, "-m", "pvs.evaluate", "--model", tmp_path / "parent", "--data",
                              tmp_path / "data", "--out", out, "--no-lmeval", "--val-windows", "8", "--threads", "1"],
                             capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "workflow")})
+                            env=dict(os.environ))
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(out.read_text())["metrics"]
     assert metrics["val_loss"] < np.log(read_manifest(tmp_path / "data")["vocab_size"])     # better than uniform

@@ -9,7 +9,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from pvs import train
+from pvs.train import trainer as train
 from pvs.budget import format_tokens, parse_tokens, steps_for_budget
 from pvs.config import validate_config
 from pvs.modeling import MASKS_FILE, load_model, save_masks

@@ -16,7 +16,7 @@ import yaml
 
 from pvs.budget import parse_tokens
 from pvs.prune.registry import GRANULARITY_ORDER, display_name
-from pvs.report import REPORT_FILES
+from pvs.report.build import REPORT_FILES
 from pvs.study import ARM_ORDER
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,7 +168,7 @@ def test_flap_bias_compensation_beats_none_on_the_smoke_parent(smoke_run):
     from pvs.modeling import load_model
     from pvs.prune import flap
     from pvs.prune.common import calibration_windows, lm_loss
-    from pvs.tokens import load_split, spread_windows
+    from pvs.data.tokens import load_split, spread_windows
 
     results = smoke_run[0] / "results"
     calib = calibration_windows(results / "data", 16, 128, seed=0)

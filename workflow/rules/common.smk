@@ -1,11 +1,6 @@
 # Config validation (fails before any job starts), the study grid, and input functions.
-import os
+# the package pvs is installed into the environment (pyproject.toml; the Makefile's venv, envs/environment.yaml)
 import sys
-
-sys.path.insert(0, os.path.join(workflow.basedir, "workflow"))
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [os.path.join(workflow.basedir, "workflow"), os.environ.get("PYTHONPATH", "")]
-)
 
 from pvs.config import ConfigError, validate_config, write_resolved_config
 from pvs.prune.registry import method_options

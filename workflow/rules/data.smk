@@ -35,7 +35,7 @@ if not SHARDS:
         shell:
             f"{PY} -m pvs.data --config {CONFIG} --out {R}/data --cache {R}/downloads {{params.tokenizer}} > {{log}} 2>&1"
 
-else:  # a large HF dataset: K parallel, resumable tokenize jobs, then splits by token offset (pvs.shards)
+else:  # a large HF dataset: K parallel, resumable tokenize jobs, then splits by token offset (pvs.data.shards)
 
     rule tokenize_shard:
         output:
@@ -51,7 +51,7 @@ else:  # a large HF dataset: K parallel, resumable tokenize jobs, then splits by
             **TOKENIZE_RESOURCES,
         threads: config["cluster"]["tokenize"]["cpus"]  # capped at --cores locally
         shell:
-            f"{PY} -m pvs.shards tokenize --config {CONFIG} --shard {{wildcards.shard}} --tokenizer {TOKENIZER}"
+            f"{PY} -m pvs.data.shards tokenize --config {CONFIG} --shard {{wildcards.shard}} --tokenizer {TOKENIZER}"
             f" --out {R}/data/shards > {{log}} 2>&1"
 
     rule prepare_data:
@@ -67,7 +67,7 @@ else:  # a large HF dataset: K parallel, resumable tokenize jobs, then splits by
         benchmark:
             f"{R}/benchmarks/data/prepare_data.tsv"
         shell:
-            f"{PY} -m pvs.shards assemble --config {CONFIG} --shards {R}/data/shards --tokenizer {TOKENIZER}"
+            f"{PY} -m pvs.data.shards assemble --config {CONFIG} --shards {R}/data/shards --tokenizer {TOKENIZER}"
             f" --out {R}/data > {{log}} 2>&1"
 
 
@@ -94,7 +94,7 @@ rule eval_tasks:
     benchmark:
         f"{R}/benchmarks/data/eval_tasks.tsv"
     shell:
-        f"{PY} -m pvs.evaltasks --data {R}/data --out {{output}} --examples {config['evaluate']['local_task_examples']}"
+        f"{PY} -m pvs.evaluate.tasks --data {R}/data --out {{output}} --examples {config['evaluate']['local_task_examples']}"
         f" --seed {config['seed']} {{params.blimp}} {{params.hub_tasks}} > {{log}} 2>&1"
 
 
@@ -117,4 +117,4 @@ if EVAL_SETS:  # hub data fetched once, on the submitting host (local rule): eva
         benchmark:
             f"{R}/benchmarks/data/eval_sets.tsv"
         shell:
-            f"{PY} -m pvs.evalsets --config {CONFIG} --data {R}/data --out {{output}} > {{log}} 2>&1"
+            f"{PY} -m pvs.evaluate.sets --config {CONFIG} --data {R}/data --out {{output}} > {{log}} 2>&1"

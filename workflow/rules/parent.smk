@@ -40,4 +40,4 @@ else:
         benchmark:
             f"{R}/benchmarks/train/parent_import.tsv"
         shell:
-            f"{PY} -m pvs.parent --pretrained {{params.source}} --out {{output}} --cache {R}/downloads > {{log}} 2>&1"
+            f"{PY} -m pvs.train.parent --pretrained {{params.source}} --out {{output}} --cache {R}/downloads > {{log}} 2>&1"

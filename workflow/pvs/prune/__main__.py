@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from pvs import distributed
+from pvs.train import distributed
 from pvs.config import load_config, validate_config
 from pvs.modeling import MASKS_FILE, count_params, load_model, pick_device, save_model, shape_of
 from pvs.prune.common import achieved_ratio, calibration_windows, copy_tokenizer_files, log, write_meta

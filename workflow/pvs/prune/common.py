@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pvs.tokens import load_split
+from pvs.data.tokens import load_split
 
 CALIB_SPLIT = "calib"
 BATCH_WINDOWS = 8  # windows per forward pass when scoring or capturing (bounds activation memory)

@@ -16,7 +16,7 @@
    (:mod:`pvs.prune.sheared_cut`).
 
 Under torchrun (an 8B parent: mask learning trains the whole model) the parent is sharded with FSDP2
-(``pvs.distributed``; bf16 compute when ``train.precision`` is bf16, activation checkpointing when
+(``pvs.train.distributed``; bf16 compute when ``train.precision`` is bf16, activation checkpointing when
 ``train.activation_checkpointing``); each rank reads its share of every step's windows, the masks and
 multipliers are replicated with their gradients averaged over ranks, so the update equals one process
 reading the whole batch. Rank 0 then gathers the full weights, binarizes, folds and cuts; other ranks
@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pvs import checkpoint, distributed
+from pvs.train import checkpoint, distributed
 from pvs.prune.common import PruneResult, lm_loss, log, model_device
 from pvs.prune.shapes import parent_shape, solve_shape
 from pvs.prune.sheared_cut import cut_model, fold_masks_, plan_from_masks, random_plan

@@ -30,9 +30,9 @@ from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from pvs.budget import format_tokens  # noqa: E402
 from pvs.prune.registry import GRANULARITY_ORDER, display_name  # noqa: E402
-from pvs.tables import delta_std  # noqa: E402
+from pvs.report.tables import delta_std  # noqa: E402
 
-log = logging.getLogger("pvs.figures")
+log = logging.getLogger("pvs.report.figures")
 
 COLUMN_WIDTH_IN = 3.5  # one column of a two-column paper
 PAGE_WIDTH_IN = 7.0    # both columns

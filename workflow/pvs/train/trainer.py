@@ -35,12 +35,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pvs import checkpoint, distributed
+from pvs.train import checkpoint, distributed
 from pvs.budget import format_tokens, parse_tokens, steps_for_budget
 from pvs.config import load_config, validate_config
 from pvs.modeling import (apply_masks_, count_params, init_weights_, llama_config, load_masks, load_model,
                           load_tokenizer, pick_device, save_model, write_json)
-from pvs.tokens import TokenStream, load_split, read_manifest, spread_windows
+from pvs.data.tokens import TokenStream, load_split, read_manifest, spread_windows
 from pvs.versions import library_versions
 from transformers import AutoConfig, LlamaForCausalLM
 
@@ -139,7 +139,7 @@ class MetricsLog:
 
 
 def train(args: argparse.Namespace, cfg: dict) -> dict:
-    """One training run; under torchrun (WORLD_SIZE > 1) data-parallel with FSDP2 (pvs.distributed)."""
+    """One training run; under torchrun (WORLD_SIZE > 1) data-parallel with FSDP2 (pvs.train.distributed)."""
     ctx = distributed.setup(args.device or cfg["device"])
     try:
         return _train(args, cfg, ctx)

@@ -121,7 +121,7 @@ def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def full_optimizer_tensors(model, optimizer) -> dict[str, torch.Tensor]:
-    """AdamW state as {'<key>.<param name>': full tensor} (a collective), like pvs.checkpoint's format."""
+    """AdamW state as {'<key>.<param name>': full tensor} (a collective), like pvs.train.checkpoint's format."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
     state = get_optimizer_state_dict(model, optimizer, options=_options()).get("state", {})   # {} off rank 0
     return {f"{key}.{name}": (value if torch.is_tensor(value) else torch.tensor(value))

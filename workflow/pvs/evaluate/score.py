@@ -6,7 +6,7 @@
 
 Metrics (OUT.json "metrics", one flat name -> float each):
   val_loss        mean next-token NLL (nats) over --val-windows windows of train.seq_len tokens spread evenly
-                  over val.bin (pvs.tokens.spread_windows; the same windows for every model)
+                  over val.bin (pvs.data.tokens.spread_windows; the same windows for every model)
   val_ppl         exp(val_loss)
   ppl/<source>    exp(mean NLL of the tokens of those windows whose target lies in the source's range of
                   manifest["val_sources"]); a source no window reaches gets one window of its own
@@ -17,7 +17,7 @@ Metrics (OUT.json "metrics", one flat name -> float each):
                   (and the hub tasks of evaluate.hub_tasks, when configured)
   ppl/<name>      for each dataset of evaluate.perplexity_datasets (WikiText, C4, ... at scale): exp(mean NLL)
                   over the non-overlapping windows of --eval-sets/NAME.bin (its documents joined by the
-                  separator, evaluate.perplexity_max_tokens tokens, fetched once by python -m pvs.evalsets)
+                  separator, evaluate.perplexity_max_tokens tokens, fetched once by python -m pvs.evaluate.sets)
 
 lm-eval (0.4.13, Python API, zero-shot, offline): the loaded model is wrapped in HFLM with
 prefix_token_id = the document separator the model was trained with (<|endoftext|>, manifest["eos_id"]).
@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")          # before transformers / datasets / lm-eval are imported:
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")     # evaluation reads files and the HF cache (pvs.evalsets fills it)
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")     # evaluation reads files and the HF cache (pvs.evaluate.sets fills it)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -46,11 +46,11 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from pvs.config import ConfigError, load_config, validate_config  # noqa: E402
-from pvs.evalsets import read_perplexity_set  # noqa: E402
-from pvs.evaltasks import check_hub_tasks  # noqa: E402
+from pvs.evaluate.sets import read_perplexity_set  # noqa: E402
+from pvs.evaluate.tasks import check_hub_tasks  # noqa: E402
 from pvs.modeling import (count_params, load_masks, load_model, load_tokenizer, pick_device,  # noqa: E402
                           shape_of, write_json)
-from pvs.tokens import load_split, read_manifest, spread_windows  # noqa: E402
+from pvs.data.tokens import load_split, read_manifest, spread_windows  # noqa: E402
 from pvs.versions import library_versions  # noqa: E402
 
 log = logging.getLogger("pvs.evaluate")
@@ -72,7 +72,7 @@ def check_inputs(model_dir: Path, data_dir: Path, task_dir: Path | None) -> None
     _require(data_dir / "manifest.json", "data manifest")
     load_split(data_dir, "val")                  # names the missing token file (val.bin, or a shard)
     if task_dir is not None:
-        _require(task_dir / "tasks.json", "task list (python -m pvs.evaltasks)")
+        _require(task_dir / "tasks.json", "task list (python -m pvs.evaluate.tasks)")
 
 
 def tokenizer_dir(model_dir: Path, data_dir: Path) -> Path:
@@ -276,7 +276,7 @@ def evaluate(args: argparse.Namespace, cfg: dict) -> dict:
     for name, spec in cfg["evaluate"]["perplexity_datasets"].items():
         if not args.eval_sets:
             raise FileNotFoundError(f"evaluate.perplexity_datasets.{name} is configured but no --eval-sets directory "
-                                    f"was given (python -m pvs.evalsets writes it)")
+                                    f"was given (python -m pvs.evaluate.sets writes it)")
         tokens = read_perplexity_set(args.eval_sets, name)
         metrics[f"ppl/{name}"], scored = tokens_perplexity(model, tokens, seq_len, batch_size, device, name)
         val_detail[f"ppl/{name}"] = {"tokens": scored, **spec}
@@ -314,10 +314,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      epilog=__doc__.split("\n\n", 2)[2])
     parser.add_argument("--model", required=True, help="HF model directory to score")
     parser.add_argument("--data", required=True, help="prepared data directory (val.bin, manifest.json, tokenizer/)")
-    parser.add_argument("--tasks", help="task directory written by python -m pvs.evaltasks "
+    parser.add_argument("--tasks", help="task directory written by python -m pvs.evaluate.tasks "
                                         "(needed unless lm-eval is off)")
     parser.add_argument("--out", required=True, help="results JSON to write (atomically)")
-    parser.add_argument("--eval-sets", help="directory written by python -m pvs.evalsets (perplexity sets; needed "
+    parser.add_argument("--eval-sets", help="directory written by python -m pvs.evaluate.sets (perplexity sets; needed "
                                             "when evaluate.perplexity_datasets is set)")
     parser.add_argument("--config", help="study config (YAML); defaults of the schema when omitted")
     parser.add_argument("--meta", nargs="*", default=[], metavar="KEY=VALUE",

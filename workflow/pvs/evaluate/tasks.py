@@ -1,7 +1,7 @@
 """Generate the local lm-eval tasks every model is scored on, from held-out text and (optionally) BLiMP.
 
-    python -m pvs.evaltasks --data results/data --out results/evaltasks
-    python -m pvs.evaltasks --data results/data --out results/evaltasks --blimp-dir ../shared/data/blimp
+    python -m pvs.evaluate.tasks --data results/data --out results/evaltasks
+    python -m pvs.evaluate.tasks --data results/data --out results/evaltasks --blimp-dir ../shared/data/blimp
 
 Tasks written into --out (one YAML + one jsonl each; ``data_files`` are absolute paths, so
 ``lm_eval.tasks.TaskManager(include_path=OUT)`` loads them offline from any working directory):
@@ -21,7 +21,7 @@ Tasks written into --out (one YAML + one jsonl each; ``data_files`` are absolute
 ``--hub-tasks task=metric ...`` (the workflow passes ``evaluate.hub_tasks``) checks, offline, that every
 lm-eval registry task named there exists and reports that metric; a wrong name or metric fails here, before
 any model is evaluated. ``--check-only`` runs just that check (no --data needed), e.g. before submitting:
-``python -m pvs.evaltasks --check-only --config configs/paper.yaml``.
+``python -m pvs.evaluate.tasks --check-only --config configs/paper.yaml``.
 
 ``tasks.json`` maps every task name (and the group ``blimp``) to its primary metric. Examples are drawn
 deterministically from --seed; the held-out documents are the validation documents (never trained on).
@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-log = logging.getLogger("pvs.evaltasks")
+log = logging.getLogger("pvs.evaluate.tasks")
 
 CONTEXT_WORDS = 24     # multiple choice: words of context (lm-eval scores it once per choice: keep it short)
 CHOICE_WORDS = 8       # multiple choice: words per choice
@@ -326,7 +326,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from pvs.config import validate_config
 
     defaults = validate_config({})["evaluate"]
-    parser = argparse.ArgumentParser(prog="python -m pvs.evaltasks", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m pvs.evaluate.tasks", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 2)[2])
     parser.add_argument("--data", help="prepared data directory holding heldout_docs.jsonl (required unless "
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         tasks = generate(args.data, args.out, args.examples, args.seed, args.blimp_dir, args.blimp_subtasks,
                          args.blimp_limit)
     except (FileNotFoundError, ValueError) as e:
-        print(f"pvs.evaltasks: error: {e}", file=sys.stderr)
+        print(f"pvs.evaluate.tasks: error: {e}", file=sys.stderr)
         return 2
     log.info("wrote %d tasks to %s", len(tasks), args.out)
     return 0

@@ -2,7 +2,7 @@
 
     python -m pvs.data --config config.yaml --out results/data [--cache results/downloads] [--tokenizer DIR]
 
-1. Documents come from ``data.source`` (``pvs.corpus.sources``): the pinned Debian books (default,
+1. Documents come from ``data.source`` (``pvs.data.corpus.sources``): the pinned Debian books (default,
    offline), local text files, or a streamed Hugging Face dataset; cleaned and cut at paragraph breaks
    into documents of about ``data.doc_chars`` characters.
 2. Exact duplicate documents are dropped, the rest shuffled with ``seed`` and assigned by the fractions
@@ -10,7 +10,7 @@
 3. A byte-level BPE of ``data.vocab_size`` is trained on the pretrain documents only (or ``--tokenizer``
    names an existing one, for a parent imported with its own vocabulary).
 4. The token files, ``heldout_docs.jsonl`` and ``manifest.json`` are written in the layout documented in
-   ``pvs.tokens``. Each file is written under a temporary name and renamed; the manifest comes last, so
+   ``pvs.data.tokens``. Each file is written under a temporary name and renamed; the manifest comes last, so
    an interrupted run leaves no manifest and simply runs again.
 
 manifest.json: dtype, vocab_size, eos_id, seed, doc_chars, split_fractions, tokenizer (trained or the
@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from pvs.config import ConfigError, load_config
-from pvs.corpus.bpe import encode_documents, load_pretrained, round_trip_failures, token_dtype, train_bpe
-from pvs.corpus.sources import CorpusError, Document, collect_documents
-from pvs.tokens import SPLITS
+from pvs.data.corpus.bpe import encode_documents, load_pretrained, round_trip_failures, token_dtype, train_bpe
+from pvs.data.corpus.sources import CorpusError, Document, collect_documents
+from pvs.data.tokens import SPLITS
 from pvs.versions import library_versions
 
 log = logging.getLogger("pvs.data")
@@ -206,7 +206,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pvs.data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="study config (YAML), validated by pvs.config")
-    parser.add_argument("--out", required=True, help="output folder, e.g. results/data (layout in pvs.tokens)")
+    parser.add_argument("--out", required=True, help="output folder, e.g. results/data (layout in pvs.data.tokens)")
     parser.add_argument("--cache", default="results/downloads",
                         help="folder that keeps downloaded .deb files and their extraction between runs "
                              "(default: %(default)s)")

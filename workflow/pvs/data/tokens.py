@@ -10,7 +10,7 @@ Layout of a prepared data directory (``results/data``)::
     heldout_docs.jsonl    the validation documents as text ({"source", "text"}), for generated eval tasks
     manifest.json         sources, sha256s, sizes, token counts, hashes
 
-Sharded data (``pvs.shards``) writes no split files: each split is a list of token ranges of the shard
+Sharded data (``pvs.data.shards``) writes no split files: each split is a list of token ranges of the shard
 files (``manifest["splits"][split]["ranges"]``: ``[[file, start, end], ...]``, files relative to the
 data directory), read in place as one array (``TokenView``). Nothing is copied at any corpus size.
 

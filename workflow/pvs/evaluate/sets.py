@@ -1,6 +1,6 @@
 """Evaluation data from the Hugging Face hub, fetched once, so that every evaluation job runs offline.
 
-    python -m pvs.evalsets --config configs/paper.yaml --data results/paper/data --out results/paper/data/evalsets
+    python -m pvs.evaluate.sets --config configs/paper.yaml --data results/paper/data --out results/paper/data/evalsets
 
 The workflow runs this as the local rule ``eval_sets`` (on the submitting host, which has network) when
 ``evaluate.perplexity_datasets`` or ``evaluate.hub_tasks`` is set; the GPU jobs then read only files.
@@ -29,12 +29,12 @@ from tqdm import tqdm
 
 from pvs.cli import doc_parser
 from pvs.config import ConfigError, load_config
-from pvs.corpus.bpe import token_dtype
+from pvs.data.corpus.bpe import token_dtype
 from pvs.modeling import load_tokenizer, write_json
-from pvs.tokens import read_manifest
+from pvs.data.tokens import read_manifest
 from pvs.versions import library_versions
 
-log = logging.getLogger("pvs.evalsets")
+log = logging.getLogger("pvs.evaluate.sets")
 
 
 class FetchError(RuntimeError):
@@ -84,7 +84,7 @@ def fetch_perplexity_set(name: str, spec: dict, tokenizer, separator_id: int, ma
 
 def fetch_hub_tasks(hub_tasks: dict[str, str], task_manager=None) -> dict[str, dict]:
     """Build every hub task once (lm-eval downloads its dataset into the HF cache); {task: its record}."""
-    from pvs.evaltasks import check_hub_tasks
+    from pvs.evaluate.tasks import check_hub_tasks
 
     if not hub_tasks:
         return {}
@@ -128,14 +128,14 @@ def read_perplexity_set(eval_sets: str | Path, name: str) -> np.ndarray:
     path = Path(eval_sets) / f"{name}.bin"
     record_path = Path(eval_sets) / f"{name}.json"
     if not path.exists() or not record_path.exists():
-        raise FileNotFoundError(f"perplexity set {path} is missing: run python -m pvs.evalsets (rule eval_sets) "
+        raise FileNotFoundError(f"perplexity set {path} is missing: run python -m pvs.evaluate.sets (rule eval_sets) "
                                 f"for evaluate.perplexity_datasets.{name}")
     record = json.loads(record_path.read_text())
     return np.fromfile(path, dtype=record["dtype"]).astype(np.int64)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = doc_parser("python -m pvs.evalsets", __doc__)
+    parser = doc_parser("python -m pvs.evaluate.sets", __doc__)
     parser.add_argument("--config", required=True, help="study config (YAML): its evaluate section says what to fetch")
     parser.add_argument("--data", required=True, help="prepared data directory (tokenizer/, manifest.json)")
     parser.add_argument("--out", required=True, help="directory for NAME.bin/NAME.json, hub_tasks.json, index.json")
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         index = fetch(load_config(args.config), args.data, args.out)
     except (ConfigError, FetchError, FileNotFoundError, ValueError) as e:
-        print(f"pvs.evalsets: error: {e}", file=sys.stderr)
+        print(f"pvs.evaluate.sets: error: {e}", file=sys.stderr)
         return 2
     log.info("wrote %d perplexity sets and %d hub tasks to %s", len(index["perplexity_sets"]),
              len(index["hub_tasks"]), args.out)

@@ -14,7 +14,7 @@ import pandas as pd
 from pvs.budget import format_tokens
 from pvs.compute import CONVENTION
 from pvs.prune.registry import display_name
-from pvs.tables import ACC, COMPUTE, LOSS, MISSING, Grid, _achieved, _pick
+from pvs.report.tables import ACC, COMPUTE, LOSS, MISSING, Grid, _achieved, _pick
 
 # (group key, arm, column-name template, which ratios)
 GROUPS = [("S_N", "scratch", "S_{N}", "ratios"), ("P-R_N", "retrain", "P-R_{N}", "ratios"),

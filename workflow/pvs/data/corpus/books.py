@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from pvs.corpus.debian import PinnedDeb
-from pvs.corpus.rdata import LazyLoadDB
-from pvs.corpus.sword import ZTextModule
-from pvs.corpus.text import clean_text, strip_gutenberg
+from pvs.data.corpus.debian import PinnedDeb
+from pvs.data.corpus.rdata import LazyLoadDB
+from pvs.data.corpus.sword import ZTextModule
+from pvs.data.corpus.text import clean_text, strip_gutenberg
 
 R_LIBRARY = Path("usr/lib/R/site-library")
 SWORD_WEB = Path("usr/share/sword/modules/texts/ztext/engWEB2015eb")

@@ -1,7 +1,7 @@
 """A Hugging Face dataset at scale: parallel, resumable tokenization into shards, then splits by token offset.
 
-    python -m pvs.shards tokenize --config C --shard 3 --tokenizer DIR --out results/data/shards
-    python -m pvs.shards assemble --config C --shards results/data/shards --tokenizer DIR --out results/data
+    python -m pvs.data.shards tokenize --config C --shard 3 --tokenizer DIR --out results/data/shards
+    python -m pvs.data.shards assemble --config C --shards results/data/shards --tokenizer DIR --out results/data
 
 Used when ``data.source: hf`` and ``data.hf.shards: K`` > 0 (the workflow runs K tokenize jobs, then one
 assemble job). ``tokenize`` streams shard k of K of the dataset (``IterableDataset.shard`` over its files;
@@ -13,7 +13,7 @@ At most ``data.hf.max_documents / K`` rows per shard.
 ``assemble`` reads the shards in order as one token stream and cuts it, at document boundaries, into
 disjoint slices by token offset: val, calib, pretrain (the parent's), retrain (the children's), with
 ``data.splits`` as fractions of the tokens. It copies nothing: manifest.json records each split as ranges
-of the shard files (``pvs.tokens.load_split`` reads them in place), next to the tokenizer and
+of the shard files (``pvs.data.tokens.load_split`` reads them in place), next to the tokenizer and
 heldout_docs.jsonl in the layout of ``pvs.data`` (manifest last). It reads the val split (for the held-out
 documents) and, to find document boundaries and count documents, only the shards a cut falls in; whole
 shards take their counts from the shard records. The shard folder must stay next to the data it serves.
@@ -33,12 +33,12 @@ from tqdm import tqdm
 
 from pvs.cli import doc_parser
 from pvs.config import ConfigError, load_config
-from pvs.corpus.bpe import load_pretrained, token_dtype
-from pvs.corpus.sources import CorpusError
-from pvs.tokens import TokenView
+from pvs.data.corpus.bpe import load_pretrained, token_dtype
+from pvs.data.corpus.sources import CorpusError
+from pvs.data.tokens import TokenView
 from pvs.versions import library_versions
 
-log = logging.getLogger("pvs.shards")
+log = logging.getLogger("pvs.data.shards")
 BATCH_ROWS = 256
 ORDER = ("val", "calib", "pretrain", "retrain")     # slices of the stream, by token offset
 
@@ -178,7 +178,7 @@ def assemble(cfg: dict, shards_dir: str | Path, tokenizer_dir: str, out: str | P
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = doc_parser("python -m pvs.shards", __doc__)
+    parser = doc_parser("python -m pvs.data.shards", __doc__)
     parser.add_argument("step", choices=["tokenize", "assemble"])
     parser.add_argument("--config", required=True, help="study config (YAML)")
     parser.add_argument("--tokenizer", required=True, help="the parent's tokenizer: hub id or directory")

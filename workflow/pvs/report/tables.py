@@ -22,7 +22,7 @@ from pvs.compute import CONVENTION
 from pvs.prune.registry import GRANULARITY_ORDER, display_name
 from pvs.study import ARM_ORDER
 
-log = logging.getLogger("pvs.tables")
+log = logging.getLogger("pvs.report.tables")
 
 RUN_KEYS = ["arm", "method", "ratio", "budget", "train_tokens"]   # a run = these; seeds are averaged
 LOSS, ACC = "val_loss", "lmeval/avg"

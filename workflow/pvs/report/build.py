@@ -29,12 +29,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from pvs import compute, figures, findings, paper_table, tables
+from pvs import compute
+from pvs.report import figures, findings, paper_table, tables
 from pvs.budget import format_tokens, parse_tokens
 from pvs.cli import doc_parser
 from pvs.config import ConfigError, load_config
 from pvs.study import ARM_ORDER
-from pvs.tables import ACC, COMPUTE, LOSS, RUN_KEYS
+from pvs.report.tables import ACC, COMPUTE, LOSS, RUN_KEYS
 
 log = logging.getLogger("pvs.report")
 

@@ -1,0 +1,5 @@
+import sys
+
+from pvs.data.prepare import main
+
+sys.exit(main())

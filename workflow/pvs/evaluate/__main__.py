@@ -1,0 +1,5 @@
+import sys
+
+from pvs.evaluate.score import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from pvs.report.build import main
+
+sys.exit(main())

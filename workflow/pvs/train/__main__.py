@@ -1,0 +1,5 @@
+import sys
+
+from pvs.train.trainer import main
+
+sys.exit(main())

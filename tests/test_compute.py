@@ -7,6 +7,7 @@ import math
 import pytest
 
 from pvs import compute
+from pvs.train import budget as budget_cli
 
 SHAPE = {"hidden_size": 100, "vocab_size": 1000}
 
@@ -46,9 +47,9 @@ def test_cli_writes_the_budget_file_and_names_a_missing_meta(tmp_path, capsys):
     (tmp_path / "pruned").mkdir()
     (tmp_path / "pruned" / "meta.json").write_text(json.dumps(meta()))
     out = tmp_path / "s3.json"
-    assert compute.main(["--pruned", str(tmp_path / "pruned"), "--parent-tokens", "1M", "--budget", "200k",
+    assert budget_cli.main(["--pruned", str(tmp_path / "pruned"), "--parent-tokens", "1M", "--budget", "200k",
                          "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     assert record["tokens"] == compute.setting3_tokens(meta(), 1_000_000, 200_000) and "6·N·D" in record["convention"]
-    assert compute.main(["--pruned", str(tmp_path / "nowhere"), "--parent-tokens", "1M", "--budget", "200k"]) == 2
+    assert budget_cli.main(["--pruned", str(tmp_path / "nowhere"), "--parent-tokens", "1M", "--budget", "200k"]) == 2
     assert "nowhere/meta.json: no prune meta.json" in capsys.readouterr().err

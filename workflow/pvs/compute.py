@@ -1,7 +1,6 @@
 """Compute accounting: training FLOPs per run, whole-pipeline tokens and FLOPs, and setting 3's budget.
 
-    python -m pvs.compute --pruned results/models/pruned/flap/r0.5 --parent-tokens 800k --budget 200k
-    python -m pvs.compute --pruned DIR --parent-tokens 800k --budget 200k --out setting3.json
+The setting-3 budget file of a run is written by ``python -m pvs.train.budget`` (the train stage's CLI).
 
 Convention (stated in every table that shows FLOPs):
   * FLOPs parameters N = non-embedding (transformer-block) parameters + the LM head (vocab x hidden,
@@ -21,11 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
-
-from pvs.budget import format_tokens, parse_tokens
-from pvs.cli import doc_parser
 
 CONVENTION = ("FLOPs = 6·N·D, N = non-embedding (non-zero for sparse) + LM-head parameters; pipeline = "
               "parent pretraining + pruning passes + retraining")
@@ -78,27 +73,3 @@ def setting3_record(pruned_dir: str | Path, parent_tokens: int, budget: int) -> 
     return {"tokens": setting3_tokens(meta, parent_tokens, budget), "budget": budget,
             "parent_tokens": parent_tokens, "pipeline": pipeline(meta, parent_tokens, budget),
             "convention": CONVENTION, "pruned": str(pruned_dir)}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = doc_parser("python -m pvs.compute", __doc__)
-    parser.add_argument("--pruned", required=True, help="one-shot pruned model directory (has meta.json)")
-    parser.add_argument("--parent-tokens", required=True, help="the parent's pretraining tokens P, e.g. 800k")
-    parser.add_argument("--budget", required=True, help="the retraining budget N of the matched P-R_N, e.g. 200k")
-    parser.add_argument("--out", help="write the record as JSON here (default: print it)")
-    args = parser.parse_args(argv)
-    try:
-        record = setting3_record(args.pruned, parse_tokens(args.parent_tokens), parse_tokens(args.budget))
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    text = json.dumps(record, indent=2) + "\n"
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-    print(text if not args.out else f"setting 3: {format_tokens(record['tokens'])} tokens -> {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

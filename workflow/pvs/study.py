@@ -1,35 +1,118 @@
-"""The study grid: which runs a config asks for, and where each one's files live.
-
-Everything the Snakefile needs to know about the grid comes from here, so the grid can be listed and
-tested without Snakemake:
+"""The study design, defined once: the arms, the grid of runs a config asks for, and the report's outputs.
 
     python -m pvs.study config.yaml          # prints every run of the study, one per line
 
-Paths (all under ``results/``)::
+Every other part reads these facts from here: the trainer (what an arm reads and how it starts), the
+rules (paths, wildcards, which runs exist), ``pvs.resources`` (tokens per job), the report (labels,
+settings, output files). Nothing else spells an arm's splits, token rule or label.
+
+**Arms** (``ARMS``)::
+
+    arm            label     reads                        starts from                 trains on (token rule)
+    parent         P         pretrain                     random init, parent.arch    P = parent.tokens
+    pruned         P-R_0     (nothing: one-shot)          the pruning of P            0
+    retrain        P-R_N     retrain (disjoint from P's)  the pruned child's weights  N
+    scratch        S_N       pretrain + retrain, start    the child's shape (+ mask)  N
+    scratch_total  S_{P+N}   pretrain + retrain, start    the child's shape (+ mask)  P + N      (setting 2)
+    scratch_flops  S_F       pretrain + retrain, start    the child's shape (+ mask)  FLOP-matched to the
+                                                                                    whole P-R_N pipeline (setting 3;
+                                                                                    a budget file from pvs.compute)
+
+**Settings** (``SETTINGS``): each compares ``retrain`` (P-R_N) at the main budget with a rival arm at its
+ratios: setting 1 ``scratch`` at every ratio (plus the token-scaling curve over ``budgets.scaling`` at
+``budgets.scaling_ratio``), setting 2 ``scratch_total`` at ``budgets.setting2_ratios``, setting 3
+``scratch_flops`` at ``budgets.setting3_ratios``.
+
+**Grid** (``Grid.from_config(cfg).runs()``): the parent; for every method and ratio the one-shot child and
+setting 1 at the main budget with ``seeds`` seeds; the scaling curve; settings 2 and 3 at their ratios.
+
+**Paths** (all under ``results/``)::
 
     models/parent                                the parent P
     models/pruned/{method}/r{ratio}              one-shot pruned child
-    models/{arm}/{method}/r{ratio}/N{budget}     arm in retrain (P-R_N), scratch (S_N), scratch_total (S_{P+N}),
-                                                 scratch_flops (S_F: setting 3, the FLOPs of the P-R_N pipeline)
+    models/{arm}/{method}/r{ratio}/N{budget}     a trained child arm (N = the retraining budget it is matched to)
     models/{arm}/{method}/r{ratio}/N{budget}_seed{k}   the same run with the config's seed + k (k >= 1)
     eval/<same path as the model>.json           one results file per model
-
-``seeds: K`` in the config trains setting 1 at the main budget (S_N and P-R_N, every method and ratio)
-with K seeds: the config's seed (plain path) and seed + 1 ... seed + K - 1 (``_seed{k}`` paths).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 
 from pvs.budget import format_tokens, parse_tokens
-from pvs.config import load_config
-
-TRAINED_ARMS = ("retrain", "scratch", "scratch_total", "scratch_flops")
-ARM_ORDER = ("parent", "pruned") + TRAINED_ARMS
+from pvs.cli import doc_parser
 
 
+# ---------------------------------------------------------------- arms
+@dataclass(frozen=True)
+class Arm:
+    """One arm of the study: what it reads, how it starts, its token rule and its name in the paper."""
+    name: str
+    short: str                  # the paper's generic name (a table's column group)
+    label: str                  # the paper's name of one run; {N} = the budget, {PN} = P + N
+    splits: tuple[str, ...]     # token splits read as one stream from the start ('' for none)
+    init: str                   # 'random' (parent.arch), 'pruned' (the prune stage), 'weights' or 'shape' of --init
+    tokens: str                 # token rule: 'P', '0', 'N', 'P+N' or 'flops' (setting 3: pvs.compute)
+    init_stream: int = 0        # offsets the init seed, so no two arms share a random init
+
+    @property
+    def trained(self) -> bool:
+        """Whether the arm is a training run of pvs.train (every arm but the one-shot child)."""
+        return self.init != "pruned"
+
+    @property
+    def child(self) -> bool:
+        """A trained arm that starts from a pruned child (weights, or its shape and mask)."""
+        return self.init in ("weights", "shape")
+
+    @property
+    def needs_budget_file(self) -> bool:
+        """Its tokens follow from the pruned child's size (a budget JSON written before it trains)."""
+        return self.tokens == "flops"
+
+    def train_tokens(self, parent_tokens: int, budget: int | None) -> int | None:
+        """Tokens its own training run sees; None for the FLOP-matched arm (read from its budget file)."""
+        rule = {"P": parent_tokens, "0": 0, "N": budget,
+                "P+N": None if budget is None else parent_tokens + budget, "flops": None}
+        return rule[self.tokens]
+
+    def display(self, parent_tokens: int | None, budget: int | None, train_tokens: int | None = None) -> str:
+        """The paper's name of a run of this arm: P, P-R_0, P-R_300k, S_300k, S_1.3M (P+N), S_F300k."""
+        if train_tokens is None and budget is not None and parent_tokens is not None:
+            train_tokens = self.train_tokens(parent_tokens, budget)
+        n = "" if budget is None else format_tokens(budget)
+        pn = "" if train_tokens is None else format_tokens(train_tokens)
+        return self.label.format(N=n, PN=pn)
+
+
+ARMS: dict[str, Arm] = {arm.name: arm for arm in (
+    Arm("parent", "P", "P", ("pretrain",), "random", "P"),
+    Arm("pruned", "P-R_0", "P-R_0", (), "pruned", "0"),
+    Arm("retrain", "P-R_N", "P-R_{N}", ("retrain",), "weights", "N"),
+    Arm("scratch", "S_N", "S_{N}", ("pretrain", "retrain"), "shape", "N", init_stream=1),
+    Arm("scratch_total", "S_P+N", "S_{PN}", ("pretrain", "retrain"), "shape", "P+N", init_stream=2),
+    Arm("scratch_flops", "S_F", "S_F{N}", ("pretrain", "retrain"), "shape", "flops", init_stream=3),
+)}
+ARM_ORDER = tuple(ARMS)                                                   # every table and file listing
+TRAINED_ARMS = tuple(name for name, arm in ARMS.items() if arm.child)      # the child arms (train_child rule)
+TRAINER_ARMS = tuple(name for name, arm in ARMS.items() if arm.trained)    # what pvs.train --arm accepts
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A comparison of P-R_N (``retrain``) with a rival arm at the main budget."""
+    number: int
+    rival: str
+    ratios_key: str             # the Grid field with its ratios
+    name: str
+
+
+SETTINGS = (Setting(1, "scratch", "ratios", "equal training tokens"),
+            Setting(2, "scratch_total", "setting2_ratios", "equal total tokens"),
+            Setting(3, "scratch_flops", "setting3_ratios", "equal pipeline FLOPs"))
+
+
+# ---------------------------------------------------------------- runs
 @dataclass(frozen=True, order=True)
 class Run:
     """One model of the study. ``budget`` is the retraining budget N (None for parent, 0 for one-shot);
@@ -69,15 +152,20 @@ class Run:
         raise ValueError(f"{path!r} is not a model path of the study (see pvs.study)")
 
     def train_tokens(self, parent_tokens: int) -> int | None:
-        """Tokens this model's own training run sees: N, P+N for S_{P+N}, P for the parent, 0 one-shot;
-        None for S_F, whose tokens follow from the pruned child's parameters (pvs.compute)."""
-        if self.arm == "scratch_flops":
-            return None
-        if self.arm == "parent":
-            return parent_tokens
-        if self.arm == "pruned":
-            return 0
-        return self.budget + (parent_tokens if self.arm == "scratch_total" else 0)
+        """Tokens this model's own training run sees (the arm's token rule); None for S_F, whose tokens
+        follow from the pruned child's parameters (pvs.compute)."""
+        return ARMS[self.arm].train_tokens(parent_tokens, self.budget)
+
+    def tokens_estimate(self, parent_tokens: int) -> int:
+        """Its tokens, with P + N standing in for S_F's (a lower bound: S_F matches the FLOPs of P + N
+        tokens through a larger parent) — for resources and time limits before the budget file exists."""
+        tokens = self.train_tokens(parent_tokens)
+        return parent_tokens + (self.budget or 0) if tokens is None else tokens
+
+
+def run_label(arm: str, budget: int | None, train_tokens: int | None) -> str:
+    """The paper's name of a run from its evaluation record: P, P-R_0, P-R_300k, S_300k, S_1.3M, S_F300k."""
+    return ARMS[arm].display(None, budget, train_tokens)
 
 
 def canonical_budget(value) -> str:
@@ -85,31 +173,134 @@ def canonical_budget(value) -> str:
     return format_tokens(parse_tokens(value))
 
 
+# ---------------------------------------------------------------- the grid
+def order_methods(methods) -> list[str]:
+    """Methods coarse -> fine (the registry's granularity rank), unknown ones after, alphabetically."""
+    from pvs.prune.registry import GRANULARITY_ORDER      # pure data: no method module is imported
+
+    methods = set(methods)
+    return [m for m in GRANULARITY_ORDER if m in methods] + sorted(methods - set(GRANULARITY_ORDER))
+
+
+def as_ratio(ratio) -> float | None:
+    """Ratios are compared after rounding to 6 decimals (0.6 from JSON == 0.6 from YAML)."""
+    return None if ratio is None else round(float(ratio), 6)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The study's grid, from the config: which runs exist, and what every table has a row or column for."""
+    study: str
+    methods: tuple[str, ...]          # coarse -> fine
+    ratios: tuple[float, ...]
+    main: int
+    scaling: tuple[int, ...]          # the scaling budgets plus the main budget, ascending
+    scaling_ratio: float
+    setting2_ratios: tuple[float, ...]
+    setting3_ratios: tuple[float, ...]
+    parent_tokens: int
+    seeds: int = 1
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> Grid:
+        budgets, main = cfg["budgets"], parse_tokens(cfg["budgets"]["main"])
+        return cls(study=cfg["study"], methods=tuple(order_methods(cfg["prune"]["methods"])),
+                   ratios=tuple(sorted(as_ratio(r) for r in cfg["prune"]["ratios"])), main=main,
+                   scaling=tuple(sorted({parse_tokens(b) for b in budgets["scaling"]} | {main})),
+                   scaling_ratio=as_ratio(budgets["scaling_ratio"]),
+                   setting2_ratios=tuple(sorted(as_ratio(r) for r in budgets["setting2_ratios"])),
+                   setting3_ratios=tuple(sorted(as_ratio(r) for r in budgets["setting3_ratios"])),
+                   parent_tokens=parse_tokens(cfg["parent"]["tokens"]), seeds=cfg.get("seeds", 1))
+
+    def setting_ratios(self, setting: Setting) -> tuple[float, ...]:
+        return getattr(self, setting.ratios_key)
+
+    @property
+    def scaling_label(self) -> str:
+        """The token-scaling range as the report labels it: '50k–175k' (the main budget included)."""
+        return f"{format_tokens(self.scaling[0])}–{format_tokens(self.scaling[-1])}"
+
+    def label(self, arm: str, budget: int | None = None) -> str:
+        """The paper's name of ``arm`` at ``budget`` (default: the main budget) in this grid."""
+        return ARMS[arm].display(self.parent_tokens, self.main if budget is None else budget)
+
+    def runs(self, config_ratios: list[float] | None = None) -> list[Run]:
+        """Every model the study evaluates, without duplicates, in a stable order. Ratios keep the
+        config's spelling (``config_ratios``) so paths read r0.5, not r0.500000."""
+        ratios = config_ratios if config_ratios is not None else list(self.ratios)
+        spelled = {as_ratio(r): r for r in ratios}
+        grid = {Run("parent")}
+        for method in self.methods:
+            for ratio in ratios:
+                grid.add(Run("pruned", method, ratio, 0))
+                for k in range(self.seeds):
+                    grid |= {Run("retrain", method, ratio, self.main, k), Run("scratch", method, ratio, self.main, k)}
+            for budget in self.scaling:
+                ratio = spelled.get(self.scaling_ratio, self.scaling_ratio)
+                grid |= {Run("retrain", method, ratio, budget), Run("scratch", method, ratio, budget)}
+            for setting in SETTINGS[1:]:
+                for ratio in self.setting_ratios(setting):
+                    grid.add(Run(setting.rival, method, spelled.get(ratio, ratio), self.main))
+        return sorted(grid, key=lambda r: (ARM_ORDER.index(r.arm), r.method or "", r.ratio or 0, r.budget or 0,
+                                           r.replica))
+
+
 def runs(cfg: dict) -> list[Run]:
-    """Every model the config's study evaluates, without duplicates, in a stable order."""
-    methods, ratios = cfg["prune"]["methods"], cfg["prune"]["ratios"]
-    budgets = cfg["budgets"]
-    main = parse_tokens(budgets["main"])
-    grid = {Run("parent")}
-    for method in methods:
-        for ratio in ratios:
-            grid.add(Run("pruned", method, ratio, 0))
-            for k in range(cfg["seeds"]):
-                grid |= {Run("retrain", method, ratio, main, k), Run("scratch", method, ratio, main, k)}
-        for value in budgets["scaling"]:
-            budget = parse_tokens(value)
-            ratio = budgets["scaling_ratio"]
-            grid |= {Run("retrain", method, ratio, budget), Run("scratch", method, ratio, budget)}
-        for ratio in budgets["setting2_ratios"]:
-            grid.add(Run("scratch_total", method, ratio, main))
-        for ratio in budgets["setting3_ratios"]:
-            grid.add(Run("scratch_flops", method, ratio, main))
-    return sorted(grid, key=lambda r: (ARM_ORDER.index(r.arm), r.method or "", r.ratio or 0, r.budget or 0,
-                                       r.replica))
+    """Every model the config's study evaluates (``Grid.runs``), ratios spelled as in the config."""
+    return Grid.from_config(cfg).runs(cfg["prune"]["ratios"])
 
 
+# ---------------------------------------------------------------- the report's outputs
+@dataclass(frozen=True)
+class ReportOutput:
+    """One file the report stage writes: its path under results/, its kind and what it shows."""
+    key: str
+    path: str
+    kind: str                   # 'summary', 'table', 'figure', 'findings', or 'file' (a twin: CSV, LaTeX, PDF)
+    caption: str | None = None  # workflow/report/<caption>.rst
+    settings: tuple[int, ...] = ()
+    paper: str | None = None
+
+    @property
+    def ratios_of(self) -> str:
+        """Which ratios the output covers: 'all', 'scaling', or a setting's ratios ('setting2')."""
+        if self.key in ("loss_vs_tokens",):
+            return "scaling"
+        if len(self.settings) == 1 and self.settings[0] in (2, 3):
+            return f"setting{self.settings[0]}"
+        return "all"
+
+
+REPORT_OUTPUTS = (
+    ReportOutput("summary", "summary.csv", "summary", "summary", (1, 2, 3)),
+    ReportOutput("findings", "findings.md", "findings", "findings", (1, 2, 3)),
+    ReportOutput("main_md", "tables/main.md", "table", "table_main", (1, 2, 3)),
+    ReportOutput("main_csv", "tables/main.csv", "file"),
+    ReportOutput("main_tex", "tables/main.tex", "file"),
+    ReportOutput("setting1_md", "tables/setting1.md", "table", "table_setting", (1,)),
+    ReportOutput("setting1_csv", "tables/setting1.csv", "file"),
+    ReportOutput("scaling_csv", "tables/setting1_scaling.csv", "file"),
+    ReportOutput("setting2_md", "tables/setting2.md", "table", "table_setting", (2,)),
+    ReportOutput("setting2_csv", "tables/setting2.csv", "file"),
+    ReportOutput("setting3_md", "tables/setting3.md", "table", "table_setting", (3,)),
+    ReportOutput("setting3_csv", "tables/setting3.csv", "file"),
+    ReportOutput("loss_vs_tokens", "figures/loss_vs_tokens.png", "figure", "loss_vs_tokens", (1,), "Figure 1 left"),
+    ReportOutput("setting2_fig", "figures/setting2.png", "figure", "setting2", (2,), "Figure 1 right"),
+    ReportOutput("gap_vs_ratio", "figures/gap_vs_ratio.png", "figure", "gap_vs_ratio", (1,)),
+    ReportOutput("heatmap_setting1", "figures/heatmap_setting1.png", "figure", "heatmap", (1,)),
+    ReportOutput("heatmap_setting2", "figures/heatmap_setting2.png", "figure", "heatmap", (2,)),
+    ReportOutput("heatmap_setting3", "figures/heatmap_setting3.png", "figure", "heatmap", (3,)),
+)
+# every figure is written as PNG (rendered in `snakemake --report`) and as a PDF twin
+FIGURE_PDFS = tuple(o.path.removesuffix(".png") + ".pdf" for o in REPORT_OUTPUTS if o.kind == "figure")
+REPORT_FILES = {o.key: o.path for o in REPORT_OUTPUTS}
+
+
+# ---------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pvs.study", description="List every run of a study config.")
+    from pvs.config import load_config
+
+    parser = doc_parser("python -m pvs.study", __doc__)
     parser.add_argument("config", help="study config (YAML)")
     args = parser.parse_args(argv)
     cfg = load_config(args.config)

@@ -1,7 +1,7 @@
 """Score one model: validation loss and per-source perplexity on val.bin, then lm-eval on the local tasks.
 
-    python -m pvs.evaluate --model results/models/retrain/sparsegpt/r0.5/300k --data results/data \\
-        --tasks results/evaltasks --out results/eval/retrain-sparsegpt-r0.5-300k.json \\
+    python -m pvs.evaluate --model results/models/retrain/sparsegpt/r0.5/N300k --data results/data \\
+        --tasks results/data/lmeval_tasks --out results/eval/retrain/sparsegpt/r0.5/N300k.json \\
         --meta arm=retrain method=sparsegpt ratio=0.5 budget=300k train_tokens=300000 seed=0
 
 Metrics (OUT.json "metrics", one flat name -> float each):

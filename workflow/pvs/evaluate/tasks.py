@@ -1,7 +1,7 @@
 """Generate the local lm-eval tasks every model is scored on, from held-out text and (optionally) BLiMP.
 
-    python -m pvs.evaluate.tasks --data results/data --out results/evaltasks
-    python -m pvs.evaluate.tasks --data results/data --out results/evaltasks --blimp-dir ../shared/data/blimp
+    python -m pvs.evaluate.tasks --data results/data --out results/data/lmeval_tasks
+    python -m pvs.evaluate.tasks --data results/data --out results/data/lmeval_tasks --blimp-dir ../shared/data/blimp
 
 Tasks written into --out (one YAML + one jsonl each; ``data_files`` are absolute paths, so
 ``lm_eval.tasks.TaskManager(include_path=OUT)`` loads them offline from any working directory):

@@ -34,7 +34,7 @@ from pvs.report import figures, findings, paper_table, tables
 from pvs.budget import format_tokens, parse_tokens
 from pvs.cli import doc_parser
 from pvs.config import ConfigError, load_config
-from pvs.study import ARM_ORDER
+from pvs.study import ARM_ORDER, ARMS, REPORT_FILES, Grid
 from pvs.report.tables import ACC, COMPUTE, LOSS, RUN_KEYS
 
 log = logging.getLogger("pvs.report")
@@ -70,7 +70,7 @@ def _check_eval(ev, path) -> None:
         raise EvalFormatError(f"{path}: metrics.{LOSS} is missing or not a number")
     if model["arm"] != "parent" and (model.get("method") is None or model.get("ratio") is None):
         raise EvalFormatError(f"{path}: model.method and model.ratio are required for arm {model['arm']!r}")
-    if model["arm"] in ARM_ORDER[2:] and _tokens(model, "budget", path) is None:
+    if ARMS[model["arm"]].child and _tokens(model, "budget", path) is None:
         raise EvalFormatError(f"{path}: model.budget is required for arm {model['arm']!r}")
     if _tokens(model, "train_tokens", path) is None:
         raise EvalFormatError(f"{path}: model.train_tokens is required")
@@ -208,18 +208,6 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
     atomic_write_text(path, df.to_csv(index=False))
 
 
-REPORT_FILES = {
-    "summary": "summary.csv", "findings": "findings.md",
-    "main_csv": "tables/main.csv", "main_md": "tables/main.md", "main_tex": "tables/main.tex",
-    "setting1_csv": "tables/setting1.csv", "scaling_csv": "tables/setting1_scaling.csv",
-    "setting1_md": "tables/setting1.md", "setting2_csv": "tables/setting2.csv", "setting2_md": "tables/setting2.md",
-    "setting3_csv": "tables/setting3.csv", "setting3_md": "tables/setting3.md",
-    "loss_vs_tokens": "figures/loss_vs_tokens.png", "setting2_fig": "figures/setting2.png",
-    "gap_vs_ratio": "figures/gap_vs_ratio.png", "heatmap_setting1": "figures/heatmap_setting1.png",
-    "heatmap_setting2": "figures/heatmap_setting2.png", "heatmap_setting3": "figures/heatmap_setting3.png",
-}
-
-
 def _write_tables(paths: dict, summary, runs, grid, parent, t: dict, labels: dict) -> None:
     write_csv(summary, paths["summary"])
     main = paper_table.paper_frame(runs, grid)
@@ -249,7 +237,7 @@ def _draw_figures(paths: dict, runs, grid, parent, t: dict, labels: dict, dpi: i
 
 def build_report(cfg: dict, records: list[dict], out_dir: str | os.PathLike, dpi: int | None = None) -> dict[str, Path]:
     """Write the summary, every table, figure and the findings under ``out_dir``; return the paths."""
-    grid, out = tables.Grid.from_config(cfg), Path(out_dir)
+    grid, out = Grid.from_config(cfg), Path(out_dir)
     dpi = dpi or cfg["report"]["dpi"]
     for record in records:
         record.update(compute_columns(record, grid.parent_tokens))
@@ -264,9 +252,8 @@ def build_report(cfg: dict, records: list[dict], out_dir: str | os.PathLike, dpi
     tables.note_missing("scaling", t["scaling"], ["retrain_loss", "scratch_loss"])
     tables.note_missing("setting2", t["setting2"], ["retrain_loss", "scratch_total_loss"])
     tables.note_missing("setting3", t["setting3"], ["retrain_loss", "scratch_flops_loss"])
-    labels = {"N": format_tokens(grid.main), "retrain": f"P-R_{format_tokens(grid.main)}",
-              "scratch_total": f"S_{format_tokens(grid.parent_tokens + grid.main)}",
-              "scratch_flops": f"S_F{format_tokens(grid.main)}"}
+    labels = {"N": format_tokens(grid.main), **{arm: grid.label(arm) for arm in ("retrain", "scratch_total",
+                                                                                  "scratch_flops")}}
     paths = {name: out / rel for name, rel in REPORT_FILES.items()}
     _write_tables(paths, summary, runs, grid, parent, t, labels)
     _draw_figures(paths, runs, grid, parent, t, labels, dpi)

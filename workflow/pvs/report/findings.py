@@ -21,7 +21,7 @@ import pandas as pd
 
 from pvs.budget import approx_tokens, format_tokens
 from pvs.prune.registry import GRANULARITY_ORDER, display_name
-from pvs.report.tables import Grid
+from pvs.study import Grid
 
 HOLDS, FAILS, TOO_FEW = "holds", "does not hold", "not enough runs"
 FINE, COARSE = "sparsegpt", "minitron_depth"       # the paper's two ends of the granularity axis

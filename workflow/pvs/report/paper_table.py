@@ -14,11 +14,12 @@ import pandas as pd
 from pvs.budget import format_tokens
 from pvs.compute import CONVENTION
 from pvs.prune.registry import display_name
-from pvs.report.tables import ACC, COMPUTE, LOSS, MISSING, Grid, _achieved, _pick
+from pvs.report.tables import ACC, COMPUTE, LOSS, MISSING, _achieved, _pick
+from pvs.study import ARMS, SETTINGS, Grid
 
-# (group key, arm, column-name template, which ratios)
-GROUPS = [("S_N", "scratch", "S_{N}", "ratios"), ("P-R_N", "retrain", "P-R_{N}", "ratios"),
-          ("S_P+N", "scratch_total", "S_{PN}", "setting2_ratios"), ("S_F", "scratch_flops", "S_F{N}", "setting3_ratios")]
+# (group key, arm, which ratios): setting 1's two arms, then each other setting's rival (pvs.study.SETTINGS)
+GROUPS = [(ARMS[arm].short, arm, ratios) for arm, ratios in
+          [("scratch", "ratios"), ("retrain", "ratios"), *((s.rival, s.ratios_key) for s in SETTINGS[1:])]]
 FIELD_ORDER = {LOSS: 0, "val_ppl": 1}
 
 
@@ -32,13 +33,7 @@ def fields(runs: pd.DataFrame) -> list[str]:
 
 def groups(grid: Grid) -> list[tuple[str, str, str, tuple[float, ...]]]:
     """The column groups this grid has, with their display names (e.g. S_200k, P-R_200k, S_1M, S_F200k)."""
-    n, pn = format_tokens(grid.main), format_tokens(grid.parent_tokens + grid.main)
-    out = []
-    for key, arm, template, ratios in GROUPS:
-        ratio_set = getattr(grid, ratios)
-        if ratio_set:
-            out.append((key, arm, template.format(N=n, PN=pn), ratio_set))
-    return out
+    return [(key, arm, grid.label(arm), getattr(grid, ratios)) for key, arm, ratios in GROUPS if getattr(grid, ratios)]
 
 
 def paper_frame(runs: pd.DataFrame, grid: Grid) -> pd.DataFrame:

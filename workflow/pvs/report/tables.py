@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
-
 import pandas as pd
 
-from pvs.budget import approx_tokens, format_tokens, parse_tokens
+from pvs.budget import approx_tokens, format_tokens
 from pvs.compute import CONVENTION
-from pvs.prune.registry import GRANULARITY_ORDER, display_name
-from pvs.study import ARM_ORDER
+from pvs.prune.registry import display_name
+from pvs.study import ARM_ORDER, Grid, as_ratio, order_methods, run_label  # noqa: F401 (re-exported)
 
 log = logging.getLogger("pvs.report.tables")
 
@@ -38,55 +36,6 @@ SETTING2_COLUMNS = (["method", "ratio", "achieved_ratio", "budget"] + [c.format(
 SETTING3_COLUMNS = (["method", "ratio", "achieved_ratio", "budget"] + [c.format("scratch_flops") for c in _PAIR]
                     + ["winner_loss", "winner_acc", "retrain_pipeline_flops", "scratch_flops_train_flops",
                        "scratch_flops_tokens"])
-
-
-@dataclass(frozen=True)
-class Grid:
-    """The study's grid, from the config: what every table has a row or column for."""
-    study: str
-    methods: tuple[str, ...]          # coarse -> fine
-    ratios: tuple[float, ...]
-    main: int
-    scaling: tuple[int, ...]          # the scaling budgets plus the main budget, ascending
-    scaling_ratio: float
-    setting2_ratios: tuple[float, ...]
-    setting3_ratios: tuple[float, ...]
-    parent_tokens: int
-
-    @classmethod
-    def from_config(cls, cfg: dict) -> Grid:
-        budgets, main = cfg["budgets"], parse_tokens(cfg["budgets"]["main"])
-        return cls(study=cfg["study"], methods=tuple(order_methods(cfg["prune"]["methods"])),
-                   ratios=tuple(sorted(as_ratio(r) for r in cfg["prune"]["ratios"])), main=main,
-                   scaling=tuple(sorted({parse_tokens(b) for b in budgets["scaling"]} | {main})),
-                   scaling_ratio=as_ratio(budgets["scaling_ratio"]),
-                   setting2_ratios=tuple(sorted(as_ratio(r) for r in budgets["setting2_ratios"])),
-                   setting3_ratios=tuple(sorted(as_ratio(r) for r in budgets["setting3_ratios"])),
-                   parent_tokens=parse_tokens(cfg["parent"]["tokens"]))
-
-
-def order_methods(methods) -> list[str]:
-    """Methods coarse -> fine (GRANULARITY_ORDER), unknown ones after, alphabetically."""
-    methods = set(methods)
-    return [m for m in GRANULARITY_ORDER if m in methods] + sorted(methods - set(GRANULARITY_ORDER))
-
-
-def as_ratio(ratio) -> float | None:
-    """Ratios are compared after rounding to 6 decimals (0.6 from JSON == 0.6 from YAML)."""
-    return None if ratio is None else round(float(ratio), 6)
-
-
-def run_label(arm: str, budget: int | None, train_tokens: int | None) -> str:
-    """The paper's name of a run: P, P-R_0 (one-shot pruned), P-R_300k, S_300k, S_1.3M (= S_{P+N})."""
-    if arm == "parent":
-        return "P"
-    if arm == "pruned":
-        return "P-R_0"
-    if arm == "retrain":
-        return f"P-R_{format_tokens(budget)}"
-    if arm == "scratch_flops":
-        return f"S_F{format_tokens(budget)}"
-    return f"S_{format_tokens(train_tokens)}"
 
 
 def metric_columns(summary: pd.DataFrame) -> list[str]:
@@ -291,7 +240,7 @@ def _identity_columns(table: pd.DataFrame) -> dict[str, list[str]]:
 
 
 def setting1_markdown(table: pd.DataFrame, scaling: pd.DataFrame, grid: Grid, parent) -> str:
-    pr, s = f"P-R_{format_tokens(grid.main)}", f"S_{format_tokens(grid.main)}"
+    pr, s = grid.label("retrain"), grid.label("scratch")
     lines = _header("Setting 1: equal training tokens (S_N vs P-R_N)", grid, parent,
                     f"Main budget N = {format_tokens(grid.main)} tokens; one-shot = pruned, not retrained.")
     lines.append(_markdown({**_identity_columns(table),

@@ -1,15 +1,15 @@
-"""One trainer for every arm of the study: the parent P, pruned retraining P-R_N, scratch S_N and S_{P+N}.
+"""One trainer for every arm of the study: the parent P, pruned retraining P-R_N, scratch S_N, S_{P+N} and S_F.
 
     python -m pvs.train --arm parent  --tokens 1M   --data results/data --out results/models/parent
-    python -m pvs.train --arm retrain --tokens 300k --init results/pruned/sparsegpt/r0.5 --data ... --out ...
-    python -m pvs.train --arm scratch --tokens 300k --init results/pruned/sparsegpt/r0.5 --data ... --out ...
+    python -m pvs.train --arm retrain --tokens 300k --init results/models/pruned/sparsegpt/r0.5 --data ... --out ...
+    python -m pvs.train --arm scratch --tokens 300k --init results/models/pruned/sparsegpt/r0.5 --data ... --out ...
 
-What an arm decides (ARMS below): which splits it reads and what ``--init`` means.
+What an arm decides (pvs.study.ARMS, the one definition): which splits it reads and what ``--init`` means.
   parent         reads pretrain;               shape from parent.arch, random init
   retrain        reads retrain (disjoint);     weights (and masks) of --init
   scratch        reads pretrain+retrain from the start; shape (and mask) of --init, random init
   scratch_total  same as scratch; the workflow passes P+N tokens (setting 2)
-  scratch_flops  same as scratch; --tokens-from gives the tokens of setting 3 (python -m pvs.compute)
+  scratch_flops  same as scratch; --tokens-from gives the tokens of setting 3 (python -m pvs.train.budget)
 
 Data order: the run's windows (the first ``steps x batch`` windows of its stream, so the same tokens for
 every seed) are visited in a permutation drawn from its seed; the seed also draws a scratch model's init.
@@ -28,7 +28,6 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,24 +40,9 @@ from pvs.config import load_config, validate_config
 from pvs.modeling import (apply_masks_, count_params, init_weights_, llama_config, load_masks, load_model,
                           load_tokenizer, pick_device, save_model, write_json)
 from pvs.data.tokens import TokenStream, load_split, read_manifest, spread_windows
+from pvs.study import ARMS, TRAINER_ARMS, Arm
 from pvs.versions import library_versions
 from transformers import AutoConfig, LlamaForCausalLM
-
-
-@dataclass(frozen=True)
-class Arm:
-    splits: tuple[str, ...]   # token files read as one stream, from the start
-    init: str                 # "random" (parent.arch), "weights" or "shape" of --init
-    init_stream: int          # offsets the init seed, so a scratch model never shares the parent's init
-
-
-ARMS = {
-    "parent": Arm(("pretrain",), "random", 0),
-    "retrain": Arm(("retrain",), "weights", 0),
-    "scratch": Arm(("pretrain", "retrain"), "shape", 1),
-    "scratch_total": Arm(("pretrain", "retrain"), "shape", 2),
-    "scratch_flops": Arm(("pretrain", "retrain"), "shape", 3),
-}
 
 
 def window_order(windows: int, seed: int) -> np.ndarray:
@@ -314,11 +298,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pvs.train", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 2)[2])
-    parser.add_argument("--arm", required=True, choices=sorted(ARMS), help="which arm of the study this run is")
+    parser.add_argument("--arm", required=True, choices=TRAINER_ARMS,
+                        help="which arm of the study this run is (pvs.study.ARMS)")
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--tokens", help="token budget of this run, e.g. 300k, 1.5M, 50B")
     budget.add_argument("--tokens-from", metavar="JSON",
-                        help="read the budget from the 'tokens' of this JSON (setting 3: python -m pvs.compute --out)")
+                        help="read the budget from the 'tokens' of this JSON (setting 3: python -m pvs.train.budget --out)")
     parser.add_argument("--data", required=True, help="prepared data directory (python -m pvs.data)")
     parser.add_argument("--out", required=True, help="output HF model directory")
     parser.add_argument("--init", help="pruned model directory (weights for retrain, shape+mask for scratch)")

@@ -15,23 +15,14 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
-include: "workflow/rules/parent.smk"
+include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/prune.smk"
 include: "workflow/rules/train.smk"
-include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
-
-
-# cheap jobs run on the submitting host, never queued on a cluster
-localrules:
-    all,
-    eval_tasks,
-    eval_sets,
-    setting3_budget,
-    report,
 
 
 rule all:
     input:
         rules.report.output,
     default_target: True
+    localrule: True

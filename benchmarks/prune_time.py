@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     for method in args.methods:
         for ratio in args.ratios or cfg["prune"]["ratios"]:
             options = resolve_options(argparse.Namespace(calib_windows=None, calib_seq_len=None, seed=None,
-                                                         device="cpu", method=method, ratio=ratio), cfg)
+                                                         device="cpu", method=method, ratio=ratio,
+                                                         ckpt=None, stop_after_steps=None), cfg)
             calib = calibration(args, get_method(method), options, parent.config.vocab_size)
             model = copy.deepcopy(parent)
             start = time.time()

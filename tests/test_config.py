@@ -48,8 +48,9 @@ def test_defaults_are_filled():
     ({"budgets": {"scaling_ratio": 0.55}}, "budgets.scaling_ratio = 0.55"),
     ({"prune": {"methods": ["sparsegpt_nm"], "ratios": [0.5, 0.65]}}, "prune.ratios[1] = 0.65: sparsegpt_nm needs"),
     ({"prune": {"methods": ["flap"], "ratios": [0.95]}}, "prune.methods 'flap' at ratio 0.95"),
-    ({"prune": {"minitron_aggregation": "max"}}, "prune.minitron_aggregation = 'max'"),
-    ({"prune": {"sheared_mask_tokens": 0}}, "prune.sheared_mask_tokens = 0"),
+    ({"prune": {"minitron_width": {"aggregation": "max"}}}, "prune.minitron_width.aggregation = 'max'"),
+    ({"prune": {"sheared_llama": {"mask_tokens": 0}}}, "prune.sheared_llama.mask_tokens = 0"),
+    ({"prune": {"sheared_mask_tokens": 100}}, "prune: Additional properties are not allowed ('sheared_mask_tokens'"),
 ])
 def test_bad_values_are_named(raw, named):
     with pytest.raises(ConfigError) as info:

@@ -143,7 +143,7 @@ def test_sheared_llama_learns_the_same_masks_in_two_processes_and_resumes(byte_s
     train(1, byte_splits, parent, config, "--arm", "parent", "--tokens", 1024)
     prune_config = write_config(tmp_path / "prune.yaml")
     raw = yaml.safe_load(prune_config.read_text())
-    raw["prune"].update(calib_windows=8, calib_seq_len=32, sheared_mask_tokens=4096, sheared_batch_size=4)
+    raw["prune"].update(calib_windows=8, calib_seq_len=32, sheared_llama={"mask_tokens": 4096, "batch_size": 4})
     prune_config.write_text(yaml.safe_dump(raw))
     metas = {}
     for nproc in (1, 2):

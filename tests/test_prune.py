@@ -18,8 +18,7 @@ from pvs.prune.common import calibration_windows, capture_layer_inputs, lm_loss,
 from pvs.prune.registry import get_method
 from pvs.prune.shapes import solve_shape
 
-OPTIONS = {"sparsegpt_blocksize": 32, "sparsegpt_dampening": 0.01, "seed": 0, "device": "cpu",
-           "nm_patterns": {"0.5": "2:4", "0.6": "2:5"}}
+OPTIONS = {"blocksize": 32, "dampening": 0.01, "seed": 0, "device": "cpu", "patterns": {"0.5": "2:4", "0.6": "2:5"}}
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -122,7 +121,7 @@ def sparse_children(tiny_trained_model, calib):
 
 @pytest.mark.parametrize("ratio,true_sequential", [(0.5, False), (0.7, True)])
 def test_sparsegpt_exact_sparsity_per_linear(tiny_trained_model, sparse_children, calib, ratio, true_sequential):
-    options = {**OPTIONS, "sparsegpt_true_sequential": true_sequential}
+    options = {**OPTIONS, "true_sequential": true_sequential}
     result = sparse_children["unstructured"] if ratio == 0.5 else \
         sparsegpt.prune(load_model(tiny_trained_model), calib, ratio, options)
     assert result.info["true_sequential"] == true_sequential
@@ -195,7 +194,7 @@ def test_obs_prune_handles_dead_inputs_and_reduces_error():
                                           ("sheared_llama", 0.5)])
 def test_cli_end_to_end(tiny_trained_model, byte_splits, tmp_path, method, ratio):
     out, config = tmp_path / "child", tmp_path / "study.yaml"
-    config.write_text(yaml.safe_dump({"prune": {"sheared_mask_tokens": 2048, "sheared_batch_size": 2}}))
+    config.write_text(yaml.safe_dump({"prune": {"sheared_llama": {"mask_tokens": 2048, "batch_size": 2}}}))
     assert cli.main(["--method", method, "--ratio", str(ratio), "--model", str(tiny_trained_model),
                      "--data", str(byte_splits), "--out", str(out), "--calib-windows", "4", "--config", str(config),
                      "--calib-seq-len", "64", "--seed", "3", "--device", "cpu", "--threads", "1"]) == 0
@@ -223,14 +222,17 @@ def test_cli_end_to_end(tiny_trained_model, byte_splits, tmp_path, method, ratio
 
 
 def test_schema_mirrors_every_method_option():
-    """Each method's OPTIONS (key -> default) is a documented prune key of the config schema, same default."""
+    """Each registry record's options are its documented prune.<method> section of the schema, same defaults."""
     from pvs.config import load_schema
-    from pvs.prune import flap, sheared, width
+    from pvs.prune.registry import RECORDS
     properties = load_schema()["properties"]["prune"]["properties"]
-    for module in (width, flap, sheared):
-        for key, (default, _) in module.OPTIONS.items():
-            assert key in properties and properties[key]["description"], key
-            assert properties[key]["default"] == default, key
+    for record in RECORDS:
+        section = properties[record.name]
+        assert section["description"] and section["additionalProperties"] is False, record.name
+        assert set(section["properties"]) == set(record.options), record.name
+        for key, default in record.options.items():
+            assert section["properties"][key]["description"], (record.name, key)
+            assert section["properties"][key]["default"] == default, (record.name, key)
 
 
 @pytest.mark.parametrize("argv,needle", [(["--method", "nope", "--ratio", "0.5"], "nope"),
@@ -257,11 +259,16 @@ def test_method_options_isolate_each_methods_rerun_trigger():
     from pvs.config import validate_config
     from pvs.prune.registry import METHOD_NAMES, method_options
     base = validate_config({})["prune"]
-    tuned = validate_config({"prune": {"methods": list(METHOD_NAMES), "sheared_mask_tokens": 5,
-                                       "minitron_aggregation": "mean_l2"}})["prune"]
+    tuned = validate_config({"prune": {"methods": list(METHOD_NAMES), "sheared_llama": {"mask_tokens": 5},
+                                       "minitron_width": {"aggregation": "mean_l2"}}})["prune"]
     for method in ("minitron_depth", "flap", "sparsegpt", "sparsegpt_nm"):
         assert method_options(method, tuned) == method_options(method, base), method
-    assert method_options("sheared_llama", tuned)["sheared_mask_tokens"] == 5
+    assert method_options("sheared_llama", tuned)["sheared_llama"]["mask_tokens"] == 5
     assert method_options("minitron_width", tuned) != method_options("minitron_width", base)
-    assert "nm_patterns" in method_options("sparsegpt_nm", base) and "nm_patterns" not in method_options("sparsegpt", base)
-    assert method_options("minitron_depth", base) == {"calib_windows": 32, "calib_seq_len": 256}
+    assert "patterns" in method_options("sparsegpt_nm", base)["sparsegpt_nm"]
+    assert "patterns" not in method_options("sparsegpt", base)["sparsegpt"]
+    assert method_options("minitron_depth", base) == {"calib_windows": 32, "calib_seq_len": 256,
+                                                      "minitron_depth": {"calib_seq_len": None}}
+    # run-only options: checkpointing more often re-runs nothing
+    every = validate_config({"prune": {"sheared_llama": {"checkpoint_every": 7}}})["prune"]
+    assert method_options("sheared_llama", every) == method_options("sheared_llama", base)

@@ -18,7 +18,7 @@ from pvs.prune.sheared_cut import cut_model, fold_masks_, plan_from_masks, rando
 from pvs.prune.sheared_masks import BETA, GAMMA, ZETA, HardConcrete, ShearingMasks, mask_specs, masked
 
 # ~195 mask-learning steps of 2 x 64 tokens: enough for the Lagrangian to settle, a few seconds on one core
-OPTIONS = {"seed": 0, "device": "cpu", "sheared_mask_tokens": 25_000, "sheared_batch_size": 2}
+OPTIONS = {"seed": 0, "device": "cpu", "mask_tokens": 25_000, "batch_size": 2}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -190,9 +190,9 @@ def test_lagrangian_drives_the_expected_shape_to_the_target(result):
 
 def test_mask_learning_tokens_are_recorded(result, calib):
     info = result.info
-    steps = OPTIONS["sheared_mask_tokens"] // (OPTIONS["sheared_batch_size"] * 64)
+    steps = OPTIONS["mask_tokens"] // (OPTIONS["batch_size"] * 64)
     assert info["mask_learning_steps"] == steps
-    assert info["mask_learning_tokens"] == steps * OPTIONS["sheared_batch_size"] * 64 <= OPTIONS["sheared_mask_tokens"]
+    assert info["mask_learning_tokens"] == steps * OPTIONS["batch_size"] * 64 <= OPTIONS["mask_tokens"]
     assert info["mask_learning_unique_tokens"] == calib.numel()
 
 
@@ -215,7 +215,7 @@ def test_mask_windows_and_batches_cycle_in_seeded_order():
     calib = torch.arange(4 * 16).reshape(4, 16)
     windows = sheared.mask_windows(calib, 8)
     assert windows.shape == (8, 8) and torch.equal(windows[1], torch.arange(8, 16))
-    with pytest.raises(ValueError, match="sheared_seq_len"):
+    with pytest.raises(ValueError, match="prune.sheared_llama.seq_len"):
         sheared.mask_windows(calib, 32)
     seen = torch.cat(list(sheared.batches(windows, 3, 8, seed=0)))  # 24 windows = 3 passes over 8
     assert seen.shape == (24, 8)

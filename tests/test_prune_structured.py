@@ -168,7 +168,7 @@ def children(tiny_trained_model, calib):
     def run(fn, **options):
         return fn(load_model(tiny_trained_model), calib, 0.5, {**OPTIONS, **options})
     results = {"width": run(width.prune), "flap": run(flap.prune), "flap_random": run(flap.prune_random),
-               "flap_plain": run(flap.prune, flap_bias_compensation=False)}
+               "flap_plain": run(flap.prune, bias_compensation=False)}
     results.update({f"width_random{seed}": run(width.prune_random, seed=seed) for seed in range(3)})
     return results
 

@@ -31,10 +31,10 @@ def test_block_params_match_a_real_llama():
 def test_paper_grid_resources_scale_with_size_and_budget():
     cfg = load_config(ROOT / "configs" / "paper.yaml")
     assert 7.4e9 < resources.parent_params(cfg) < 7.6e9        # Llama-3.1-8B without its input embedding
-    hours = resources.gpu_hours(cfg, resources.child_params(cfg, 0.5), 50 * 10**9)
-    assert hours == pytest.approx(6 * resources.child_params(cfg, 0.5) * 50e9 / (9.89e14 * 0.4) / 3600)
-    small = resources.job_resources(cfg, "child", resources.child_params(cfg, 0.8), 10**9)
-    big = resources.job_resources(cfg, "child", resources.child_params(cfg, 0.5), 10 * 10**9)
+    hours = resources.gpu_hours(cfg, resources.estimated_child_params(cfg, 0.5), 50 * 10**9)
+    assert hours == pytest.approx(6 * resources.estimated_child_params(cfg, 0.5) * 50e9 / (9.89e14 * 0.4) / 3600)
+    small = resources.job_resources(cfg, "child", resources.estimated_child_params(cfg, 0.8), 10**9)
+    big = resources.job_resources(cfg, "child", resources.estimated_child_params(cfg, 0.5), 10 * 10**9)
     assert small["runtime"] < big["runtime"] <= cfg["cluster"]["max_runtime_min"]
     assert resources.job_resources(cfg, "parent", resources.parent_params(cfg), 200 * 10**9)["runtime"] == 2880
     assert big["gpu"] == 8 and big["cpus_per_task"] == 64 and resources.job_resources(cfg, "prune")["gpu"] == 1
@@ -90,10 +90,10 @@ def test_multi_node_jobs_start_one_torchrun_per_node():
     raw = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())
     raw["cluster"] = {"nodes": {"child": 4}}
     cfg = validate_config(raw)
-    res = resources.job_resources(cfg, "child", resources.child_params(cfg, 0.5), 50 * 10**9)
+    res = resources.job_resources(cfg, "child", resources.estimated_child_params(cfg, 0.5), 50 * 10**9)
     assert (res["nodes"], res["gpu"], res["tasks_per_node"], res["mpi"]) == (4, 8, 1, "srun")   # a task per node
     one_node = resources.job_resources(load_config(ROOT / "configs" / "paper.yaml"), "child",
-                                       resources.child_params(cfg, 0.5), 10**9)
+                                       resources.estimated_child_params(cfg, 0.5), 10**9)
     assert (one_node["nodes"], one_node["tasks_per_node"], one_node["mpi"]) == (1, 0, "")
     command = resources.launcher(cfg, "child", "python")
     assert command.startswith("srun --nodes 4 --ntasks-per-node 1 python -m torch.distributed.run --nproc_per_node 8")

@@ -175,7 +175,7 @@ def test_flap_bias_compensation_beats_none_on_the_smoke_parent(smoke_run):
     val = torch.from_numpy(spread_windows(load_split(results / "data", "val"), 128, 32))
     for ratio in (0.5, 0.7):
         losses = {comp: lm_loss(flap.prune(load_model(results / "models" / "parent"), calib, ratio,
-                                           {"flap_bias_compensation": comp, "seed": 0}).model, val)
+                                           {"bias_compensation": comp, "seed": 0}).model, val)
                   for comp in (True, False)}
         assert losses[True] < losses[False] - 0.01, (ratio, losses)
 

@@ -13,6 +13,9 @@ Convention (stated in every table that shows FLOPs):
     learning trains through the parent). SparseGPT's Hessian algebra is ignored (small next to the passes).
   * Pipeline of P-R_N = the parent's pretraining (6 N_parent P; also for an imported parent, with P =
     parent.tokens) + pruning + retraining (6 N_child N). Its tokens = P + T_calib + T_mask + N.
+  * Parameters of a shape (``non_embedding_params``, used by the shape solver, pvs.resources and the
+    regime table) count every decoder-layer weight, norm and bias; they equal
+    :func:`pvs.modeling.count_params` of the built model (tested).
   * Setting 3, S_F: the child's shape trained from scratch on D = pipeline FLOPs / (6 N_child) tokens, so
     scratch gets the compute of the whole pruning pipeline.
 """
@@ -21,6 +24,24 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+
+
+# ---------------------------------------------------------------- parameters of a shape (the one count)
+def layer_params(hidden: int, intermediate: int, heads: int, kv_heads: int, head_dim: int,
+                 attention_bias: bool = False, mlp_bias: bool = False) -> float:
+    """Parameters of one Llama decoder layer (works for fractional sizes too, for the bisection)."""
+    q, kv = heads * head_dim, kv_heads * head_dim
+    attention = hidden * (2 * q + 2 * kv) + (q + 2 * kv + hidden if attention_bias else 0)
+    mlp = 3 * hidden * intermediate + (2 * intermediate + hidden if mlp_bias else 0)
+    return attention + mlp + 2 * hidden  # + input_layernorm and post_attention_layernorm
+
+
+def non_embedding_params(shape: dict, attention_bias: bool = False, mlp_bias: bool = False) -> int:
+    """Exact parameter count of all decoder layers of ``shape`` (what :func:`pvs.modeling.count_params` calls non-embedding)."""
+    per_layer = layer_params(shape["hidden_size"], shape["intermediate_size"], shape["num_attention_heads"],
+                             shape["num_key_value_heads"], shape["head_dim"], attention_bias, mlp_bias)
+    return int(shape["num_hidden_layers"] * per_layer)
+
 
 CONVENTION = ("FLOPs = 6·N·D, N = non-embedding (non-zero for sparse) + LM-head parameters; pipeline = "
               "parent pretraining + pruning passes + retraining")
@@ -45,14 +66,15 @@ def prune_cost(meta: dict) -> dict:
             "calibration_tokens": calib, "mask_learning_tokens": mask, "forward_passes": passes}
 
 
-def child_params(meta: dict) -> int:
+def child_flops_params(meta: dict) -> int:
+    """6·N·D's N of the pruned child in a prune meta.json."""
     return flops_params(meta["shape"]["child"], meta["params"]["child"]["non_embedding"])
 
 
 def pipeline(meta: dict, parent_tokens: int, budget: int) -> dict:
     """Tokens and FLOPs of the whole P-R_N pipeline: parent pretraining + pruning + retraining N tokens."""
     n_parent = flops_params(meta["shape"]["parent"], meta["params"]["parent"]["non_embedding"])
-    n_child = child_params(meta)
+    n_child = child_flops_params(meta)
     prune = prune_cost(meta)
     parts = {"parent": train_flops(n_parent, parent_tokens), "prune": prune["flops"],
              "retrain": train_flops(n_child, budget)}
@@ -62,7 +84,7 @@ def pipeline(meta: dict, parent_tokens: int, budget: int) -> dict:
 
 def setting3_tokens(meta: dict, parent_tokens: int, budget: int) -> int:
     """Scratch tokens with the FLOPs of the P-R_N pipeline: ceil(pipeline FLOPs / (6 N_child))."""
-    return math.ceil(pipeline(meta, parent_tokens, budget)["flops"] / (6.0 * child_params(meta)))
+    return math.ceil(pipeline(meta, parent_tokens, budget)["flops"] / (6.0 * child_flops_params(meta)))
 
 
 def setting3_record(pruned_dir: str | Path, parent_tokens: int, budget: int) -> dict:

@@ -19,7 +19,7 @@ import yaml
 
 from pvs.budget import parse_tokens
 from pvs.prune import shapes
-from pvs.prune.registry import METHOD_NAMES
+from pvs.prune.registry import METHOD_NAMES, METHODS   # pure data (no method module, no torch)
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
@@ -91,15 +91,7 @@ def _semantic_errors(cfg: dict) -> list[str]:
     ]:
         if ratio not in cfg["prune"]["ratios"]:
             errors.append(f"{key} = {ratio!r}: must be one of prune.ratios {cfg['prune']['ratios']}")
-    for key, pattern in cfg["prune"]["nm_patterns"].items():
-        n, m = (int(x) for x in pattern.split(":"))
-        if not 0 < n < m:
-            errors.append(f"prune.nm_patterns.{key} = {pattern!r}: need 0 < N < M")
-    if "sparsegpt_nm" in cfg["prune"]["methods"]:
-        for i, ratio in enumerate(cfg["prune"]["ratios"]):
-            if not any(float(k) == float(ratio) for k in cfg["prune"]["nm_patterns"]):
-                errors.append(f"prune.ratios[{i}] = {ratio!r}: sparsegpt_nm needs an N:M pattern for it "
-                              f"in prune.nm_patterns")
+    errors += _nm_errors(cfg["prune"])
     arch = cfg["parent"]["arch"]
     if cfg["parent"]["source"] == "train" and not arch["num_attention_heads"] % arch["num_key_value_heads"]:
         errors += _shape_errors(cfg["prune"]["methods"], cfg["prune"]["ratios"], arch)
@@ -123,13 +115,28 @@ def _semantic_errors(cfg: dict) -> list[str]:
     return errors
 
 
+def _nm_errors(prune: dict) -> list[str]:
+    """N:M patterns (prune.sparsegpt_nm.patterns): well formed, and one for every ratio when the method runs."""
+    errors, patterns = [], prune["sparsegpt_nm"]["patterns"]
+    for key, pattern in patterns.items():
+        n, m = (int(x) for x in pattern.split(":"))
+        if not 0 < n < m:
+            errors.append(f"prune.sparsegpt_nm.patterns.{key} = {pattern!r}: need 0 < N < M")
+    if "sparsegpt_nm" in prune["methods"]:
+        for i, ratio in enumerate(prune["ratios"]):
+            if not any(float(k) == float(ratio) for k in patterns):
+                errors.append(f"prune.ratios[{i}] = {ratio!r}: sparsegpt_nm needs an N:M pattern for it "
+                              f"in prune.sparsegpt_nm.patterns")
+    return errors
+
+
 def _shape_errors(methods: list[str], ratios: list[float], arch: dict) -> list[str]:
-    """Every structured method must reach every ratio on the configured parent (the shape solver's rule)."""
+    """Every structured method must reach every ratio on the configured parent (its shape solver rule)."""
     errors = []
-    for method in (m for m in methods if m in shapes.STRUCTURED):
+    for method in (m for m in methods if m in METHODS and METHODS[m].shape_rule):
         for ratio in (r for r in ratios if 0 < r < 1):
             try:
-                shapes.solve(method, ratio, arch)
+                shapes.solve(METHODS[method].shape_rule, ratio, arch)
             except ValueError as e:
                 errors.append(f"prune.methods {method!r} at ratio {ratio!r} on parent.arch: {e}")
     return errors

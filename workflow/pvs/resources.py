@@ -15,14 +15,17 @@ import math
 import sys
 
 from pvs.budget import parse_tokens
+from pvs.compute import non_embedding_params
+from pvs.prune.registry import record   # pure data: no method module is imported
 
 
 def block_params(arch: dict) -> int:
-    """Non-embedding parameters of a Llama of shape ``arch`` (attention with GQA, SwiGLU MLP, two norms)."""
-    h, heads, kv = arch["hidden_size"], arch["num_attention_heads"], arch["num_key_value_heads"]
-    d = arch.get("head_dim") or h // heads
-    per_layer = 2 * h * heads * d + 2 * h * kv * d + 3 * h * arch["intermediate_size"] + 2 * h
-    return arch["num_hidden_layers"] * per_layer
+    """Non-embedding parameters of a Llama of shape ``arch`` (``pvs.compute.non_embedding_params``)."""
+    return non_embedding_params(_shape(arch))
+
+
+def _shape(arch: dict) -> dict:
+    return {**arch, "head_dim": arch.get("head_dim") or arch["hidden_size"] // arch["num_attention_heads"]}
 
 
 def parent_params(cfg: dict) -> int:
@@ -31,7 +34,9 @@ def parent_params(cfg: dict) -> int:
     return block_params(arch) + cfg["data"]["vocab_size"] * arch["hidden_size"]
 
 
-def child_params(cfg: dict, ratio: float) -> int:
+def estimated_child_params(cfg: dict, ratio: float) -> int:
+    """6·N·D's N of a child at ``ratio`` before it exists: (1 - ratio) of the parent's blocks + the LM head
+    (the prune stage's meta.json has the exact count, pvs.compute.child_flops_params)."""
     arch = cfg["parent"]["arch"]
     return round(block_params(arch) * (1 - ratio)) + cfg["data"]["vocab_size"] * arch["hidden_size"]
 
@@ -72,15 +77,14 @@ def job_resources(cfg: dict, stage: str, params: int | None = None, tokens: int 
 
 def prune_stage(method: str) -> str:
     """'sheared' for a method that trains the whole parent (Sheared-LLaMA's mask learning), else 'prune'."""
-    from pvs.prune.registry import TRAINS_PARENT      # a lazy registry: no method module is imported
-
-    return "sheared" if method in TRAINS_PARENT else "prune"
+    return "sheared" if record(method).trains_parent else "prune"
 
 
 def prune_size_and_tokens(cfg: dict, method: str) -> tuple[int | None, int | None]:
-    """What a prune job trains: the parent on prune.sheared_mask_tokens for Sheared-LLaMA, nothing otherwise."""
+    """What a prune job trains: the parent on its ``mask_tokens`` for a method that trains the parent
+    (Sheared-LLaMA's prune.sheared_llama.mask_tokens), nothing otherwise."""
     if prune_stage(method) == "sheared":
-        return parent_params(cfg), cfg["prune"]["sheared_mask_tokens"]
+        return parent_params(cfg), record(method).section(cfg["prune"])["mask_tokens"]
     return None, None
 
 
@@ -117,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             stage = prune_stage(run.method)
             params, tokens = prune_size_and_tokens(cfg, run.method)
         else:
-            params, stage = child_params(cfg, run.ratio), "child"
-            tokens = run.train_tokens(parent_tokens) or parent_tokens + run.budget   # S_F: about P·N_P/N_c
+            params, stage = estimated_child_params(cfg, run.ratio), "child"
+            tokens = run.tokens_estimate(parent_tokens)
         res = job_resources(cfg, stage, params, tokens)
         hours = gpu_hours(cfg, params, tokens) if tokens else res["gpu"] * res["runtime"] / 60
         totals[run.arm] = totals.get(run.arm, 0.0) + hours

@@ -4,9 +4,10 @@ import sys
 
 from pvs.config import ConfigError, validate_config, write_resolved_config
 from pvs.prune.registry import method_options
-from pvs.study import TRAINED_ARMS, Run, canonical_budget, runs
+from pvs.prune.registry import record as method_record
+from pvs.study import ARMS, FIGURE_PDFS, REPORT_OUTPUTS, SETTINGS, TRAINED_ARMS, Grid, Run, canonical_budget, runs
 from pvs.budget import format_tokens, parse_tokens
-from pvs.resources import child_params, job_resources, parent_params, prune_size_and_tokens, prune_stage
+from pvs.resources import estimated_child_params, job_resources, parent_params, prune_size_and_tokens, prune_stage
 from pvs.resources import launcher as pvs_launcher
 
 try:
@@ -18,6 +19,7 @@ R = config["results_dir"].rstrip("/")
 CONFIG = write_resolved_config(config, f"{R}/config.resolved.yaml")
 PY = sys.executable
 PARENT_TOKENS = parse_tokens(config["parent"]["tokens"])
+GRID = Grid.from_config(config)
 RUNS = runs(config)
 EVALS = [f"{R}/{run.eval_path}" for run in RUNS]
 
@@ -39,13 +41,13 @@ def child_run(wildcards):
 def child_inputs(wildcards):
     """The pruned child (weights, or shape and mask); S_F also needs its setting-3 budget."""
     inputs = {"init": f"{R}/models/pruned/{wildcards.method}/r{wildcards.ratio}"}
-    if wildcards.arm == "scratch_flops":
+    if ARMS[wildcards.arm].needs_budget_file:
         inputs["budget_file"] = f"{R}/compute/setting3/{wildcards.method}/r{wildcards.ratio}/N{wildcards.budget}.json"
     return inputs
 
 
 def child_tokens_arg(wildcards):
-    """--tokens N (P+N for S_{P+N}), or --tokens-from the setting-3 budget file for S_F."""
+    """--tokens by the arm's token rule (N, P+N), or --tokens-from the budget file of a FLOP-matched arm."""
     tokens = child_run(wildcards).train_tokens(PARENT_TOKENS)
     if tokens is None:
         return "--tokens-from " + child_inputs(wildcards)["budget_file"]
@@ -72,7 +74,7 @@ def _resources(stage, size_and_tokens=lambda wildcards: (None, None)):
 
 def _child_size_and_tokens(wildcards):
     run = child_run(wildcards)
-    return child_params(config, run.ratio), run.train_tokens(PARENT_TOKENS) or PARENT_TOKENS + run.budget
+    return estimated_child_params(config, run.ratio), run.tokens_estimate(PARENT_TOKENS)
 
 
 PARENT_RESOURCES = _resources("parent", lambda wildcards: (parent_params(config), PARENT_TOKENS))

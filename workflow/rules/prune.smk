@@ -1,6 +1,7 @@
 # One job per method and ratio: parent -> one-shot pruned child (HF dir, meta.json, masks for sparse methods).
-# Sheared-LLaMA trains the whole parent while learning its masks: on a cluster it gets training's GPUs
-# and torchrun (pvs.resources.prune_stage); the other methods run layer by layer in one process.
+# What a method needs comes from its record in pvs.prune.registry: a method that trains the whole parent
+# (Sheared-LLaMA's mask learning) gets training's GPUs, torchrun and a checkpoint directory; the others run
+# layer by layer in one process. The params are the options that can change the method's result.
 
 
 rule prune:
@@ -16,7 +17,7 @@ rule prune:
         launcher=lambda wildcards: launcher(prune_stage(wildcards.method)),
         ckpt=lambda wildcards: (
             f"--ckpt {R}/ckpt/pruned/{wildcards.method}/r{wildcards.ratio}"
-            if prune_stage(wildcards.method) == "sheared"
+            if method_record(wildcards.method).trains_parent
             else ""
         ),
     log:

@@ -1,4 +1,46 @@
-# Retraining P-R_N, scratch S_N, S_{P+N} and S_F: one trainer, the arm decides data and initialization.
+# Training, one trainer for every arm (python -m pvs.train): the parent P (pretrained in the DAG, or imported
+# from an HF Llama checkpoint), the setting-3 budgets, and every child arm: retraining P-R_N, scratch S_N,
+# S_{P+N} and S_F (pvs.study.ARMS says what each reads and how it starts).
+
+if config["parent"]["source"] == "train":
+
+    rule train_parent:
+        input:
+            manifest=DATA.manifest,
+            splits=SPLIT_FILES,
+        output:
+            directory(f"{R}/models/parent"),
+        params:
+            tokens=PARENT_TOKENS,
+            arch=config["parent"]["arch"],
+            recipe=config["train"],
+            seed=config["seed"],
+        log:
+            f"{R}/logs/train/parent.log",
+        benchmark:
+            f"{R}/benchmarks/train/parent.tsv"
+        resources:
+            **PARENT_RESOURCES,
+        threads: 16  # capped at --cores locally
+        shell:
+            f"{launcher('parent')} -m pvs.train --arm parent --tokens {{params.tokens}} --data {R}/data --out {{output}}"
+            f" --ckpt {R}/ckpt/parent --config {CONFIG} --threads {{threads}} > {{log}} 2>&1"
+
+else:
+
+    rule import_parent:
+        input:
+            manifest=DATA.manifest,
+        output:
+            directory(f"{R}/models/parent"),
+        params:
+            source=config["parent"]["pretrained"],
+        log:
+            f"{R}/logs/train/parent_import.log",
+        benchmark:
+            f"{R}/benchmarks/train/parent_import.tsv"
+        shell:
+            f"{PY} -m pvs.train.parent --pretrained {{params.source}} --out {{output}} --cache {R}/downloads > {{log}} 2>&1"
 
 
 rule setting3_budget:
@@ -10,8 +52,11 @@ rule setting3_budget:
         parent_tokens=PARENT_TOKENS,
     log:
         f"{R}/logs/compute/setting3/{{method}}/r{{ratio}}/N{{budget}}.log",
+    benchmark:
+        f"{R}/benchmarks/compute/setting3/{{method}}/r{{ratio}}/N{{budget}}.tsv"
+    localrule: True
     shell:
-        f"{PY} -m pvs.compute --pruned {{input.pruned}} --parent-tokens {{params.parent_tokens}}"
+        f"{PY} -m pvs.train.budget --pruned {{input.pruned}} --parent-tokens {{params.parent_tokens}}"
         f" --budget {{wildcards.budget}} --out {{output}} > {{log}} 2>&1"
 
 

@@ -3,9 +3,11 @@
     python -m pvs.prune --method minitron_depth --ratio 0.5 --model results/models/parent \\
         --data results/data --out results/models/pruned/minitron_depth/r0.5 --config config.yaml
 
-Calibration: ``calib_windows`` windows of ``calib_seq_len`` tokens drawn from DATA/calib.bin by the seed
-(flags override the config; the config's defaults come from the schema). Sheared-LLaMA instead takes
-enough distinct windows for ``sheared_mask_tokens`` (at most the whole split) and cycles them. Writes into OUT: a Hugging Face
+Calibration: ``prune.calib_windows`` windows of the method's calibration length (``prune.<method>.calib_seq_len``,
+null = ``prune.calib_seq_len``) drawn from the calib split by the seed (flags override the config; the
+defaults come from the schema and the method registry). A method that learns masks asks for more
+(Sheared-LLaMA: enough distinct windows for ``prune.sheared_llama.mask_tokens``, at most the whole split).
+The method's options are its ``prune.<method>`` section (pvs.prune.registry). Writes into OUT: a Hugging Face
 checkpoint (safetensors, tokenizer files copied from the parent), ``masks.safetensors`` for sparse
 methods, and ``meta.json`` last (method, target and achieved ratio, parameter counts, shapes,
 calibration, time, device, library versions, method facts). A directory without meta.json is an
@@ -27,10 +29,8 @@ import torch
 from pvs.train import distributed
 from pvs.config import load_config, validate_config
 from pvs.modeling import MASKS_FILE, count_params, load_model, pick_device, save_model, shape_of
-from pvs.prune.common import achieved_ratio, calibration_windows, copy_tokenizer_files, log, write_meta
-from pvs.prune.registry import METHOD_NAMES, TRAINS_PARENT, Method, get_method
-from pvs.prune.sheared import Stopped
-from pvs.prune.sparsegpt import resolve_nm
+from pvs.prune.common import Stopped, achieved_ratio, calibration_windows, copy_tokenizer_files, log, write_meta
+from pvs.prune.registry import METHOD_NAMES, TRAINS_PARENT, Method, get_method, job_options
 from pvs.versions import library_versions
 
 
@@ -65,8 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def resolve_options(args: argparse.Namespace, cfg: dict) -> dict:
-    """The config's prune section with the flags applied, plus seed, device and the N:M pattern."""
-    options = dict(cfg["prune"])
+    """The method's options (``prune.<method>`` over the registry's defaults, the shared calibration keys,
+    its own calibration length) with the flags applied, plus seed, device and how a trained parent runs."""
+    options = job_options(args.method, cfg["prune"])
     options["calib_windows"] = args.calib_windows or options["calib_windows"]
     options["calib_seq_len"] = args.calib_seq_len or options["calib_seq_len"]
     options["seed"] = cfg["seed"] if args.seed is None else args.seed
@@ -74,8 +75,6 @@ def resolve_options(args: argparse.Namespace, cfg: dict) -> dict:
     options["precision"] = cfg["train"]["precision"]                 # Sheared-LLaMA under torchrun (FSDP2)
     options["activation_checkpointing"] = cfg["train"]["activation_checkpointing"]
     options["ckpt"], options["stop_after_steps"] = args.ckpt, args.stop_after_steps
-    if args.method == "sparsegpt_nm":
-        options["nm"] = resolve_nm(options["nm_patterns"], args.ratio)
     return options
 
 
@@ -88,8 +87,8 @@ def calibration_window_count(method: Method, options: dict) -> int:
 def method_calibration(method: Method, data: str, options: dict) -> torch.Tensor:
     """The calibration windows ``method`` gets from DATA/calib.bin (mask learning: at most the whole split)."""
     count = calibration_window_count(method, options)
-    seq_len = options.get(f"{method.name}_calib_seq_len") or options["calib_seq_len"]
-    return calibration_windows(data, count, seq_len, options["seed"], at_most=count > options["calib_windows"])
+    return calibration_windows(data, count, options["calib_seq_len"], options["seed"],
+                               at_most=count > options["calib_windows"])
 
 
 def run(args: argparse.Namespace, cfg: dict, options: dict) -> dict:

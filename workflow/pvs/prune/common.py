@@ -46,6 +46,10 @@ class LayerInput:
     kwargs: dict
 
 
+class Stopped(Exception):
+    """A method that trains stopped early after writing a checkpoint (``stop_after_steps``, to test resume)."""
+
+
 class _StopForward(Exception):
     """Raised by the capture hook once the first decoder layer's input is recorded."""
 

@@ -18,7 +18,7 @@ does before cutting anything.
   mean(x[removed]) is added to the output bias of ``o_proj`` / ``down_proj``. Stock Llama has biases
   only through config flags, so the child gets ``attention_bias=True`` (q, k, v biases zero) and
   ``mlp_bias=True`` (gate, up biases zero); it reloads with ``AutoModelForCausalLM``. With
-  ``prune.flap_bias_compensation: false`` nothing is added and no bias exists (the baseline).
+  ``prune.flap.bias_compensation: false`` nothing is added and no bias exists (the baseline).
 
 ``prune_random`` keeps the same shape (and compensation) with KV groups and neurons drawn from the seed:
 the baseline against which the WIFV choice is tested.
@@ -27,22 +27,15 @@ from __future__ import annotations
 
 import torch
 
+from pvs.prune import registry
 from pvs.prune.common import PruneResult, decoder_layers, lm_loss, log
 from pvs.prune.shapes import solve_shape
 from pvs.prune.structured import (add_to_bias_, calibration_forward, head_dim_of, random_subset, set_shape_, sorted_top,
                                   take_linear_)
 
-# option key -> (default, description); the config schema's ``prune`` section mirrors these
-OPTIONS = {
-    "flap_bias_compensation": (True, "FLAP: add the removed channels' mean contribution as a bias on o_proj / "
-                                     "down_proj (the child gets attention_bias and mlp_bias)."),
-    "flap_calib_seq_len": (None, "FLAP: tokens per calibration window (null: calib_seq_len; the paper: 128 "
-                                 "windows x 128 tokens for FLAP against 8192 for the others)."),
-}
-
-
 def option(options: dict, key: str):
-    return options.get(key, OPTIONS[key][0])
+    """An option of ``prune.flap`` (defaults: the registry's record)."""
+    return registry.option("flap", options, key)
 
 
 # ---------------------------------------------------------------- statistics of a linear's input
@@ -193,7 +186,7 @@ def _prune(model: torch.nn.Module, calib: torch.Tensor, ratio: float, options: d
     config = model.config
     shape = solve_shape("flap", ratio, config)
     per_group = _check_shape(model, shape)
-    compensate = bool(option(options, "flap_bias_compensation"))
+    compensate = bool(option(options, "bias_compensation"))
     parent_loss = lm_loss(model, calib)
     stats = input_statistics(model, calib)
     group_score, neuron_score = layer_scores(model, stats)

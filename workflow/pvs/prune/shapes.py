@@ -44,6 +44,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from pvs.compute import layer_params, non_embedding_params  # noqa: F401  (the one parameter count)
+
 TOLERANCE = 0.03
 SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
               "num_key_value_heads", "head_dim")
@@ -84,22 +86,6 @@ def parent_biases(parent) -> tuple[bool, bool]:
     """(attention_bias, mlp_bias) of a LlamaConfig or dict (False when absent)."""
     get = parent.get if isinstance(parent, dict) else (lambda k, d=None: getattr(parent, k, d))
     return bool(get("attention_bias", False)), bool(get("mlp_bias", False))
-
-
-def layer_params(hidden: int, intermediate: int, heads: int, kv_heads: int, head_dim: int,
-                 attention_bias: bool = False, mlp_bias: bool = False) -> float:
-    """Parameters of one Llama decoder layer (works for fractional sizes too, for the bisection)."""
-    q, kv = heads * head_dim, kv_heads * head_dim
-    attention = hidden * (2 * q + 2 * kv) + (q + 2 * kv + hidden if attention_bias else 0)
-    mlp = 3 * hidden * intermediate + (2 * intermediate + hidden if mlp_bias else 0)
-    return attention + mlp + 2 * hidden  # + input_layernorm and post_attention_layernorm
-
-
-def non_embedding_params(shape: dict, attention_bias: bool = False, mlp_bias: bool = False) -> int:
-    """Exact parameter count of all decoder layers of ``shape`` (what :func:`count_params` calls non-embedding)."""
-    per_layer = layer_params(shape["hidden_size"], shape["intermediate_size"], shape["num_attention_heads"],
-                             shape["num_key_value_heads"], shape["head_dim"], attention_bias, mlp_bias)
-    return int(shape["num_hidden_layers"] * per_layer)
 
 
 def sparse_kept_params(shape: dict, ratio: float, attention_bias: bool = False, mlp_bias: bool = False) -> int:

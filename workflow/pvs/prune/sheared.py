@@ -6,11 +6,11 @@
    optionally layers; see :mod:`pvs.prune.sheared_masks`) are applied by forward hooks and learned
    *jointly with the weights* on the LM loss plus the Lagrangian terms, which push each structure's
    expected size to the target (the multipliers are maximized). One AdamW with three groups, as the
-   authors': weights (``sheared_lr``), log-alphas (``sheared_mask_lr``), lambdas (``sheared_lambda_lr``,
+   authors': weights (``prune.sheared_llama.lr``), log-alphas (``prune.sheared_llama.mask_lr``), lambdas (``prune.sheared_llama.lambda_lr``,
    ascent); no weight decay; 10 % linear warm-up then cosine to 10 % on every group; gradient clipping 1.0
    on the weights; the Lagrangian target ramps from the parent's size to the target over the first
-   ``sheared_lagrangian_warmup`` of the steps. The tokens are windows of the calibration tensor, cycled
-   in seeded random order when the budget ``sheared_mask_tokens`` exceeds it (recorded in the info).
+   ``prune.sheared_llama.lagrangian_warmup`` of the steps. The tokens are windows of the calibration tensor, cycled
+   in seeded random order when the budget ``prune.sheared_llama.mask_tokens`` exceeds it (recorded in the info).
 3. Binarize and cut: per row keep exactly the target count (top-k by the deterministic gate value),
    fold the kept gate values into the weights and slice a stock Llama of exactly the target shape
    (:mod:`pvs.prune.sheared_cut`).
@@ -36,23 +36,12 @@ import torch
 from tqdm import tqdm
 
 from pvs.train import checkpoint, distributed
-from pvs.prune.common import PruneResult, lm_loss, log, model_device
+from pvs.prune import registry
+from pvs.prune.common import PruneResult, Stopped, lm_loss, log, model_device
 from pvs.prune.shapes import parent_shape, solve_shape
 from pvs.prune.sheared_cut import cut_model, fold_masks_, plan_from_masks, random_plan
 from pvs.prune.sheared_masks import ShearingMasks, masked
 
-# option key -> (default, description); the config schema's ``prune`` section mirrors these
-OPTIONS = {
-    "sheared_mask_tokens": (200_000, "Tokens consumed by Sheared-LLaMA mask learning (calibration windows, cycled)."),
-    "sheared_seq_len": (None, "Tokens per mask-learning window (null: calib_seq_len; must not exceed it)."),
-    "sheared_batch_size": (4, "Windows per Sheared-LLaMA mask-learning step."),
-    "sheared_lr": (3e-4, "Peak learning rate of the model weights during mask learning."),
-    "sheared_mask_lr": (1.0, "Peak learning rate of the masks' log-alpha (the authors' 1.0)."),
-    "sheared_lambda_lr": (1.0, "Peak learning rate (gradient ascent) of the Lagrange multipliers (the authors' 1.0)."),
-    "sheared_lagrangian_warmup": (0.2, "Fraction of mask-learning steps over which the target size ramps in."),
-    "sheared_prune_layers": (False, "Also learn layer masks (always on when the target has fewer layers)."),
-    "sheared_checkpoint_every": (500, "Mask-learning steps between checkpoints (when the prune job has --ckpt)."),
-}
 LR_WARMUP = 0.1  # fraction of steps of linear LR warm-up (authors' recipe)
 MIN_LR_RATIO = 0.1  # cosine decays to this fraction of the peak
 GRAD_CLIP = 1.0
@@ -62,7 +51,8 @@ REUSE_WARNING = 4  # log a warning when the budget cycles the calibration tokens
 
 
 def option(options: dict, key: str):
-    return options.get(key, OPTIONS[key][0])
+    """An option of ``prune.sheared_llama`` (defaults: the registry's record)."""
+    return registry.option("sheared_llama", options, key)
 
 
 def target_shape(ratio: float, config) -> dict:
@@ -72,8 +62,8 @@ def target_shape(ratio: float, config) -> dict:
 
 # -------------------------------------------------------------------- tokens
 def calibration_windows_wanted(options: dict) -> int:
-    """Distinct calibration windows that cover ``sheared_mask_tokens`` (the prune CLI caps it at the split)."""
-    return max(options["calib_windows"], math.ceil(option(options, "sheared_mask_tokens") / options["calib_seq_len"]))
+    """Distinct calibration windows that cover ``prune.sheared_llama.mask_tokens`` (the prune CLI caps it at the split)."""
+    return max(options["calib_windows"], math.ceil(option(options, "mask_tokens") / options["calib_seq_len"]))
 
 
 def mask_windows(calib: torch.Tensor, seq_len: int | None) -> torch.Tensor:
@@ -81,7 +71,7 @@ def mask_windows(calib: torch.Tensor, seq_len: int | None) -> torch.Tensor:
     width = calib.shape[1]
     seq_len = seq_len or width
     if not 2 <= seq_len <= width:
-        raise ValueError(f"sheared_seq_len {seq_len} must lie in 2..calib_seq_len ({width})")
+        raise ValueError(f"prune.sheared_llama.seq_len {seq_len} must lie in 2..calib_seq_len ({width})")
     per_row = width // seq_len
     return calib[:, :per_row * seq_len].reshape(-1, seq_len)
 
@@ -109,9 +99,9 @@ def lr_factor(step: int, steps: int) -> float:
 # -------------------------------------------------------------------- mask learning
 def build_optimizer(model: torch.nn.Module, masks: ShearingMasks, options: dict) -> torch.optim.AdamW:
     groups = [
-        {"params": [p for p in model.parameters() if p.requires_grad], "lr": option(options, "sheared_lr")},
-        {"params": list(masks.masks.parameters()), "lr": option(options, "sheared_mask_lr")},
-        {"params": list(masks.lambdas.parameters()), "lr": option(options, "sheared_lambda_lr"), "maximize": True},
+        {"params": [p for p in model.parameters() if p.requires_grad], "lr": option(options, "lr")},
+        {"params": list(masks.masks.parameters()), "lr": option(options, "mask_lr")},
+        {"params": list(masks.lambdas.parameters()), "lr": option(options, "lambda_lr"), "maximize": True},
     ]
     for group in groups:
         group["peak_lr"] = group["lr"]
@@ -124,10 +114,6 @@ def snapshot(step: int, lm: float, lag: float, masks: ShearingMasks) -> dict:
             "lambdas": {k: v.item() for k, v in masks.lambdas.items()}}
 
 
-class Stopped(Exception):
-    """Mask learning stopped early after a checkpoint (``stop_after_steps``, to test resume)."""
-
-
 def learn_masks(model: torch.nn.Module, masks: ShearingMasks, windows: torch.Tensor, options: dict,
                 ctx: distributed.Dist = distributed.Dist()) -> dict:
     """Train weights, masks and multipliers jointly; returns token counts and the history of the gap.
@@ -135,13 +121,13 @@ def learn_masks(model: torch.nn.Module, masks: ShearingMasks, windows: torch.Ten
     Sharded (``ctx.world`` > 1): rank r takes windows r, r + world, ... of each step's batch; FSDP2 averages
     the weights' gradients, ``average_grads_`` the masks' and multipliers' (replicated on every rank).
     With ``options["ckpt"]`` a checkpoint (weights, masks, multipliers, AdamW, gate-noise generator, history)
-    is written every ``sheared_checkpoint_every`` steps and a re-run resumes from it; ``stop_after_steps``
+    is written every ``prune.sheared_llama.checkpoint_every`` steps and a re-run resumes from it; ``stop_after_steps``
     checkpoints and raises Stopped (tests)."""
-    batch_size, seq_len = option(options, "sheared_batch_size"), windows.shape[1]
+    batch_size, seq_len = option(options, "batch_size"), windows.shape[1]
     if batch_size % ctx.world:
-        raise ValueError(f"prune.sheared_batch_size = {batch_size} is not divisible by the {ctx.world} processes")
-    steps = max(1, option(options, "sheared_mask_tokens") // (batch_size * seq_len))
-    warmup = option(options, "sheared_lagrangian_warmup")
+        raise ValueError(f"prune.sheared_llama.batch_size = {batch_size} is not divisible by the {ctx.world} processes")
+    steps = max(1, option(options, "mask_tokens") // (batch_size * seq_len))
+    warmup = option(options, "lagrangian_warmup")
     seed, device = options.get("seed", 0), model_device(model)
     if ctx.sharded:
         model.reshard()      # after a forward the root holds unsharded tensors; the optimizer needs the shards
@@ -185,7 +171,7 @@ def learn_masks(model: torch.nn.Module, masks: ShearingMasks, windows: torch.Ten
                 bar.set_postfix(lm=f"{history[-1]['lm_loss']:.3f}", gap=f"{history[-1]['gap']:.3f}")
             done = step + 1
             stop = bool(options.get("stop_after_steps")) and done - start >= options["stop_after_steps"]
-            due = stop or done % option(options, "sheared_checkpoint_every") == 0
+            due = stop or done % option(options, "checkpoint_every") == 0
             if ckpt is not None and done < steps and due:
                 state = {"step": done, "signature": signature, "history": history,
                          "generator": generator.get_state().tolist()}
@@ -217,8 +203,8 @@ def shear(model: torch.nn.Module, calib: torch.Tensor, target: dict, options: di
     """
     parent = parent_shape(model.config)
     fewer_layers = target["num_hidden_layers"] < parent["num_hidden_layers"]
-    prune_layers = bool(option(options, "sheared_prune_layers")) or fewer_layers
-    windows = mask_windows(calib, option(options, "sheared_seq_len"))
+    prune_layers = bool(option(options, "prune_layers")) or fewer_layers
+    windows = mask_windows(calib, option(options, "seq_len"))
     masks = ShearingMasks(parent, target, prune_layers, device=model_device(model))
     log(f"sheared: {parent} -> {target}; masks: {describe(masks)}")
     ctx = distributed.current()
@@ -247,7 +233,7 @@ def shear(model: torch.nn.Module, calib: torch.Tensor, target: dict, options: di
             "kept": {"hidden": plan.hidden.tolist(), "layers": plan.layers,
                      "kv_heads": plan.kv_heads.tolist(), "q_heads": plan.q_heads.tolist()},
             "parent_calib_loss": parent_loss, "masked_calib_loss": masked_loss, "child_calib_loss": child_loss,
-            "options": {key: option(options, key) for key in OPTIONS}, **learning}
+            "options": {key: option(options, key) for key in registry.record("sheared_llama").options}, **learning}
     return PruneResult(model=child, masks=None, info=info)
 
 

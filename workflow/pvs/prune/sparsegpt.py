@@ -7,9 +7,9 @@ gate, up, down) forward hooks accumulate H = X Xᵀ / tokens in fp32; then, per 
 outputs, columns = inputs):
 
 * dead inputs (zero diagonal of H) get H_jj = 1 and W[:, j] = 0;
-* H is dampened by ``sparsegpt_dampening`` × mean(diag H) (multiplied by 10 and retried if the Cholesky
+* H is dampened by ``prune.<method>.dampening`` × mean(diag H) (multiplied by 10 and retried if the Cholesky
   factorisation still fails) and U = chol((H + λI)⁻¹) (upper) is computed once;
-* columns are processed in blocks of ``sparsegpt_blocksize``. Adaptive mask selection: at the start
+* columns are processed in blocks of ``prune.<method>.blocksize``. Adaptive mask selection: at the start
   of a block the weights to prune are those with the smallest w² / U_jj², over the whole block, using
   the weights as updated so far. Unlike the reference threshold, the count per block is exact
   (cumulative rounding of ratio × rows × columns), so every matrix ends with exactly
@@ -20,7 +20,7 @@ outputs, columns = inputs):
 * each pruned column's error is spread over the remaining columns of the block with the OBS update
   (row i of U), and the block's accumulated error over all later columns with one matmul.
 
-With ``sparsegpt_true_sequential`` (off by default, as in the reference) the linears of a layer are
+With ``prune.<method>.true_sequential`` (off by default, as in the reference) the linears of a layer are
 pruned in four groups — qkv, o, gate/up, down — each group's inputs taken from the layer with the
 earlier groups already pruned. Memory: the model plus one layer's calibration activations, one H per
 linear of the current layer (an 8B Llama in fp32 with 128 × 2048 calibration tokens fits one 80 GB GPU);
@@ -35,12 +35,18 @@ import sys
 import torch
 from tqdm import tqdm
 
+from pvs.prune import registry
 from pvs.prune.common import PruneResult, capture_layer_inputs, decoder_layers, log, run_layer
 
 BLOCK_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 SEQUENTIAL_GROUPS = (BLOCK_LINEARS[:3], BLOCK_LINEARS[3:4], BLOCK_LINEARS[4:6], BLOCK_LINEARS[6:])
 DAMP_RETRIES = 6
+
+
+def option(options: dict, key: str):
+    """An option of ``prune.sparsegpt`` / ``prune.sparsegpt_nm`` (the same defaults in both records)."""
+    return registry.option("sparsegpt", options, key)
 
 
 # ---------------------------------------------------------------- N:M patterns and mask selection
@@ -56,11 +62,11 @@ def parse_nm(pattern: str) -> tuple[int, int]:
 
 
 def resolve_nm(nm_patterns: dict, ratio: float) -> tuple[int, int]:
-    """The (N, M) configured for ``ratio`` in ``prune.nm_patterns`` (keys are ratios as strings)."""
+    """The (N, M) configured for ``ratio`` in ``prune.sparsegpt_nm.patterns`` (keys are ratios as strings)."""
     for key, pattern in nm_patterns.items():
         if abs(float(key) - ratio) < 1e-9:
             return parse_nm(pattern)
-    raise ValueError(f"sparsegpt_nm: no N:M pattern for ratio {ratio!r} in prune.nm_patterns "
+    raise ValueError(f"sparsegpt_nm: no N:M pattern for ratio {ratio!r} in prune.sparsegpt_nm.patterns "
                      f"(configured: {', '.join(f'{k} -> {v}' for k, v in nm_patterns.items())})")
 
 
@@ -178,7 +184,7 @@ def _prune_block(W: torch.Tensor, U: torch.Tensor, i1: int, i2: int, nm: tuple[i
 def prune_layer(layer: torch.nn.Module, inputs: list, ratio: float, options: dict,
                 nm: tuple[int, int] | None) -> tuple[dict, dict]:
     """SparseGPT on every block linear of ``layer``; returns ({linear: keep mask}, {linear: stats})."""
-    groups = SEQUENTIAL_GROUPS if options.get("sparsegpt_true_sequential") else (BLOCK_LINEARS,)
+    groups = SEQUENTIAL_GROUPS if option(options, "true_sequential") else (BLOCK_LINEARS,)
     linears = {name: layer.get_submodule(name) for name in BLOCK_LINEARS}
     masks, stats = {}, {}
     for group in groups:
@@ -193,7 +199,7 @@ def prune_layer(layer: torch.nn.Module, inputs: list, ratio: float, options: dic
         for name in group:
             weight = linears[name].weight
             W, keep, stats[name] = obs_prune(weight.data, accumulators.pop(name).hessian(), ratio,
-                                             options["sparsegpt_blocksize"], options["sparsegpt_dampening"], nm)
+                                             option(options, "blocksize"), option(options, "dampening"), nm)
             weight.data.copy_(W.to(weight.dtype))
             masks[name] = keep
     return masks, stats
@@ -223,8 +229,8 @@ def run_sparsegpt(model: torch.nn.Module, calib: torch.Tensor, ratio: float, opt
     kept = sum(int(k.sum()) for k in masks.values())
     numel = sum(k.numel() for k in masks.values())
     info = {"pattern": f"{nm[0]}:{nm[1]}" if nm else None, "sparsity": 1 - kept / numel,
-            "blocksize": options["sparsegpt_blocksize"], "dampening": options["sparsegpt_dampening"],
-            "true_sequential": bool(options.get("sparsegpt_true_sequential")), "layers": layer_info}
+            "blocksize": option(options, "blocksize"), "dampening": option(options, "dampening"),
+            "true_sequential": bool(option(options, "true_sequential")), "layers": layer_info}
     return PruneResult(model=model, masks=masks, info=info)
 
 
@@ -234,8 +240,8 @@ def prune(model: torch.nn.Module, calib: torch.Tensor, ratio: float, options: di
 
 
 def prune_nm(model: torch.nn.Module, calib: torch.Tensor, ratio: float, options: dict) -> PruneResult:
-    """SparseGPT N:M: (N, M) from ``options['nm']``, else resolved from ``options['nm_patterns']`` by ratio."""
-    n, m = options.get("nm") or resolve_nm(options["nm_patterns"], ratio)
+    """SparseGPT N:M: (N, M) from ``options['nm']``, else resolved from ``prune.sparsegpt_nm.patterns`` by ratio."""
+    n, m = options.get("nm") or resolve_nm(registry.option("sparsegpt_nm", options, "patterns"), ratio)
     if abs((1 - n / m) - ratio) > 0.01:
         log(f"sparsegpt_nm: pattern {n}:{m} gives sparsity {1 - n / m:.3f}, not the target ratio {ratio}")
     return run_sparsegpt(model, calib, ratio, options, nm=(n, m))

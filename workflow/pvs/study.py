@@ -168,6 +168,38 @@ def run_label(arm: str, budget: int | None, train_tokens: int | None) -> str:
     return ARMS[arm].display(None, budget, train_tokens)
 
 
+def epochs_read(arm: Arm, tokens: int, split_tokens: dict[str, int], seq_len: int, batch_size: int) -> float:
+    """How many times a run of ``arm`` on ``tokens`` reads its splits: the tokens of its whole steps
+    (steps = ceil(tokens / (batch x seq_len)), as the trainer rounds) over the tokens its splits hold."""
+    steps = -(-tokens // (seq_len * batch_size))
+    return steps * batch_size * seq_len / max(1, sum(split_tokens[s] for s in arm.splits))
+
+
+def epoch_errors(cfg: dict, split_tokens: dict[str, int]) -> list[str]:
+    """One message per arm and budget that would read its splits more than ``train.max_epochs`` times
+    (the paper trains every arm for less than one epoch). S_F's tokens are known only once its budget file
+    exists; the trainer checks it then."""
+    grid, train, errors, seen = Grid.from_config(cfg), cfg["train"], [], set()
+    for run in runs(cfg):
+        arm, tokens = ARMS[run.arm], run.train_tokens(grid.parent_tokens)
+        if not arm.trained or tokens is None or (run.arm, tokens) in seen:
+            continue
+        seen.add((run.arm, tokens))
+        epochs = epochs_read(arm, tokens, split_tokens, train["seq_len"], train["batch_size"])
+        if epochs > train["max_epochs"]:
+            errors.append(epoch_message(run.arm, tokens, arm, split_tokens, epochs, train["max_epochs"]))
+    return errors
+
+
+def epoch_message(arm_name: str, tokens: int, arm: Arm, split_tokens: dict[str, int], epochs: float,
+                  limit: float) -> str:
+    splits = "+".join(arm.splits)
+    held = sum(split_tokens[s] for s in arm.splits)
+    return (f"train.max_epochs = {limit:g}: arm {arm_name} on {format_tokens(tokens)} tokens would read split "
+            f"{splits} ({held} tokens) {epochs:.2f} times; lower the budget, add data, or raise train.max_epochs "
+            "to allow it explicitly (the paper trains every arm for less than one epoch)")
+
+
 def canonical_budget(value) -> str:
     """The budget as it appears in paths: '300k', '1.3M'."""
     return format_tokens(parse_tokens(value))

@@ -1,6 +1,10 @@
 # Config validation (fails before any job starts), the study grid, and input functions.
 # the package pvs is installed into the environment (pyproject.toml; the Makefile's venv, envs/environment.yaml)
+import os
 import sys
+from pathlib import Path
+
+from snakemake.settings.types import DeploymentMethod
 
 from pvs.config import ConfigError, validate_config, write_resolved_config
 from pvs.prune.registry import method_options
@@ -17,7 +21,10 @@ except ConfigError as error:
 
 R = config["results_dir"].rstrip("/")
 CONFIG = write_resolved_config(config, f"{R}/config.resolved.yaml")
-PY = sys.executable
+# Jobs run pvs with this environment's Python; under `--software-deployment-method conda` with the rule's
+# conda environment's (envs/environment.yaml, whose post-deploy script installs pvs from PVS_REPO).
+os.environ.setdefault("PVS_REPO", workflow.basedir)
+PY = "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else sys.executable
 PARENT_TOKENS = parse_tokens(config["parent"]["tokens"])
 GRID = Grid.from_config(config)
 RUNS = runs(config)
@@ -50,7 +57,7 @@ def child_tokens_arg(wildcards):
     """--tokens by the arm's token rule (N, P+N), or --tokens-from the budget file of a FLOP-matched arm."""
     tokens = child_run(wildcards).train_tokens(PARENT_TOKENS)
     if tokens is None:
-        return "--tokens-from " + child_inputs(wildcards)["budget_file"]
+        return f"--tokens-from {child_inputs(wildcards)['budget_file']}"
     return f"--tokens {tokens}"
 
 
@@ -88,3 +95,44 @@ TOKENIZE_RESOURCES = _resources("tokenize")
 def launcher(stage):
     """python, torchrun over the job's GPUs, or srun + torchrun per node (pvs.resources.launcher)."""
     return pvs_launcher(config, stage, PY)
+
+
+# ---------------------------------------------------------------- evaluation (evaluate.smk)
+
+def eval_meta(wildcards):
+    run = Run.from_model_path(wildcards.model)
+    fields = dict(arm=run.arm, method=run.method, ratio=run.ratio, budget=run.budget,
+                  train_tokens=run.train_tokens(PARENT_TOKENS), seed=config["seed"] + run.replica)
+    return "--meta " + " ".join(f"{k}={'null' if v is None else v}" for k, v in fields.items())
+
+
+# ---------------------------------------------------------------- report outputs (report.smk)
+
+ALL_METHODS = "all, coarse → fine"
+LISTED_RATIOS = {
+    "all": ", ".join(f"{r:g}" for r in GRID.ratios),
+    "scaling": f"{GRID.scaling_ratio:g}",
+    **{f"setting{s.number}": ", ".join(f"{r:g}" for r in GRID.setting_ratios(s)) or "off" for s in SETTINGS},
+}
+
+
+def report_output(output):
+    """A report() entry for a table, figure or findings file of pvs.study.REPORT_OUTPUTS; a twin file plainly."""
+    path = f"{R}/{output.path}"
+    if output.kind == "file":
+        return path
+    budget = GRID.scaling_label if output.ratios_of == "scaling" else canonical_budget(GRID.main)
+    if output.key == "setting1_md":
+        budget = f"{budget}; scaling {GRID.scaling_label}"
+    labels = {"method": ALL_METHODS, "granularity": "coarse → fine", "ratio": LISTED_RATIOS[output.ratios_of],
+              "budget": budget, "setting": ", ".join(map(str, output.settings))}
+    if output.kind == "findings":
+        labels = {"file": "findings.md", "setting": labels["setting"]}
+    elif output.kind == "figure":
+        labels = {"figure": Path(output.path).stem, **labels}
+        if output.paper:
+            labels["paper"] = output.paper
+    else:
+        labels = {"table": Path(output.path).name, **labels}
+    category = {"figure": "Figures", "findings": "Findings"}.get(output.kind, "Tables")
+    return report(path, caption=f"../report/{output.caption}.rst", category=category, labels=labels)

@@ -27,6 +27,8 @@ if not SHARDS:
             data=config["data"],
             seed=config["seed"],
             tokenizer=f"--tokenizer {TOKENIZER}" if TOKENIZER else "",
+        conda:
+            "../../envs/environment.yaml"
         log:
             f"{R}/logs/data/prepare_data.log",
         benchmark:
@@ -43,6 +45,8 @@ else:  # a large HF dataset: K parallel, resumable tokenize jobs, then splits by
             record=f"{R}/data/shards/{{shard}}.json",
         params:
             hf=config["data"]["hf"],
+        conda:
+            "../../envs/environment.yaml"
         log:
             f"{R}/logs/data/tokenize_shard/{{shard}}.log",
         benchmark:
@@ -62,6 +66,8 @@ else:  # a large HF dataset: K parallel, resumable tokenize jobs, then splits by
         params:
             splits=config["data"]["splits"],
             seed=config["seed"],
+        conda:
+            "../../envs/environment.yaml"
         log:
             f"{R}/logs/data/prepare_data.log",
         benchmark:

@@ -20,6 +20,8 @@ rule eval_tasks:
             if config["evaluate"]["blimp_dir"]
             else ""
         ),
+    conda:
+        "../../envs/environment.yaml"
     log:
         f"{R}/logs/evaluate/eval_tasks.log",
     benchmark:
@@ -44,6 +46,8 @@ if EVAL_SETS:  # hub data fetched once, on the submitting host (local rule): eva
             perplexity=config["evaluate"]["perplexity_datasets"],
             max_tokens=config["evaluate"]["perplexity_max_tokens"],
             hub_tasks=config["evaluate"]["hub_tasks"],
+        conda:
+            "../../envs/environment.yaml"
         log:
             f"{R}/logs/evaluate/eval_sets.log",
         benchmark:
@@ -51,13 +55,6 @@ if EVAL_SETS:  # hub data fetched once, on the submitting host (local rule): eva
         localrule: True
         shell:
             f"{PY} -m pvs.evaluate.sets --config {CONFIG} --data {R}/data --out {{output}} > {{log}} 2>&1"
-
-
-def eval_meta(wildcards):
-    run = Run.from_model_path(wildcards.model)
-    fields = dict(arm=run.arm, method=run.method, ratio=run.ratio, budget=run.budget,
-                  train_tokens=run.train_tokens(PARENT_TOKENS), seed=config["seed"] + run.replica)
-    return "--meta " + " ".join(f"{k}={'null' if v is None else v}" for k, v in fields.items())
 
 
 rule evaluate:
@@ -73,6 +70,8 @@ rule evaluate:
         evaluate=config["evaluate"],
         lmeval="" if config["evaluate"]["lmeval"] else "--no-lmeval",
         evalsets=f"--eval-sets {R}/data/evalsets" if EVAL_SETS else "",
+    conda:
+        "../../envs/environment.yaml"
     log:
         f"{R}/logs/eval/{{model}}.log",
     benchmark:

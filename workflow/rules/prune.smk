@@ -20,6 +20,8 @@ rule prune:
             if method_record(wildcards.method).trains_parent
             else ""
         ),
+    conda:
+        "../../envs/environment.yaml"
     log:
         f"{R}/logs/prune/{{method}}/r{{ratio}}.log",
     benchmark:

@@ -15,6 +15,8 @@ if config["parent"]["source"] == "train":
             arch=config["parent"]["arch"],
             recipe=config["train"],
             seed=config["seed"],
+        conda:
+            "../../envs/environment.yaml"
         log:
             f"{R}/logs/train/parent.log",
         benchmark:
@@ -35,6 +37,8 @@ else:
             directory(f"{R}/models/parent"),
         params:
             source=config["parent"]["pretrained"],
+        conda:
+            "../../envs/environment.yaml"
         log:
             f"{R}/logs/train/parent_import.log",
         benchmark:
@@ -50,6 +54,8 @@ rule setting3_budget:
         f"{R}/compute/setting3/{{method}}/r{{ratio}}/N{{budget}}.json",
     params:
         parent_tokens=PARENT_TOKENS,
+    conda:
+        "../../envs/environment.yaml"
     log:
         f"{R}/logs/compute/setting3/{{method}}/r{{ratio}}/N{{budget}}.log",
     benchmark:
@@ -71,6 +77,8 @@ rule train_child:
         tokens=child_tokens_arg,
         recipe=config["train"],
         seed=child_seed,
+    conda:
+        "../../envs/environment.yaml"
     log:
         f"{R}/logs/train/{{arm}}/{{method}}/r{{ratio}}/N{{budget}}{{replica}}.log",
     benchmark:

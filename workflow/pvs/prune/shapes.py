@@ -229,12 +229,17 @@ def _family(method: str, p: dict):
 
 
 def closest_achievable(method: str, ratio: float, parent) -> float:
-    """The achievable ratio nearest ``ratio`` over the method's whole shape family."""
+    """The achievable ratio nearest ``ratio`` over the method's whole shape family (NaN when the family is
+    empty on this parent: one layer for depth, no KV-group count whose query heads divide the hidden size)."""
     if method in SPARSE:
         return ratio
     p = parent_shape(parent)
-    ratios = (shape_ratio(method, ratio, parent, _public(s)) for s in _family(method, p))
-    return min(ratios, key=lambda a: abs(a - ratio))
+    ratios = [shape_ratio(method, ratio, parent, _public(s)) for s in _family(method, p)]
+    return min(ratios, key=lambda a: abs(a - ratio)) if ratios else float("nan")
+
+
+FAMILY_NEEDS = {"minitron_depth": "at least 2 layers",
+                "flap": "a count of KV groups whose query heads divide the hidden size (stock LlamaConfig)"}
 
 
 # ---------------------------------------------------------------- entry points
@@ -256,6 +261,9 @@ def solve(method: str, ratio: float, parent) -> Solution:
     achieved = shape_ratio(method, ratio, parent, child) if valid else float("nan")
     if not (valid and abs(achieved - ratio) <= TOLERANCE):
         best = closest_achievable(method, ratio, parent)
+        if math.isnan(best):
+            raise ValueError(f"shape solver: {method} cannot produce any child of this parent (it needs "
+                             f"{FAMILY_NEEDS.get(method, 'a smaller shape in its family')})")
         raise ValueError(f"shape solver: {method} at ratio {ratio} gives {achieved:.4f}, more than {TOLERANCE} "
                          f"from the target; the closest achievable ratio for {method} on this parent is {best:.4f}")
     return Solution(method, ratio, child, before, round((1.0 - achieved) * before), achieved)

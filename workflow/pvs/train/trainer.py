@@ -40,7 +40,7 @@ from pvs.config import load_config, validate_config
 from pvs.modeling import (apply_masks_, count_params, init_weights_, llama_config, load_masks, load_model,
                           load_tokenizer, pick_device, save_model, write_json)
 from pvs.data.tokens import TokenStream, load_split, read_manifest, spread_windows
-from pvs.study import ARMS, TRAINER_ARMS, Arm
+from pvs.study import ARMS, TRAINER_ARMS, Arm, epoch_message, epochs_read
 from pvs.versions import library_versions
 from transformers import AutoConfig, LlamaForCausalLM
 
@@ -188,7 +188,12 @@ def _train(args: argparse.Namespace, cfg: dict, ctx: distributed.Dist) -> dict:
     seq_len, batch_size = recipe["seq_len"], recipe["batch_size"]
     local, micro = _batch_geometry(recipe, ctx)
     steps = steps_for_budget(tokens, seq_len, batch_size)
+    split_tokens = {s: len(load_split(args.data, s)) for s in arm.splits}
     stream = TokenStream([load_split(args.data, s) for s in arm.splits])
+    epochs = epochs_read(arm, tokens, split_tokens, seq_len, batch_size)
+    if epochs > recipe["max_epochs"]:
+        raise ValueError(f"{Path(args.data) / 'manifest.json'}: "
+                         + epoch_message(args.arm, tokens, arm, split_tokens, epochs, recipe["max_epochs"]))
     eval_every = parse_tokens(recipe["eval_every_tokens"])
     _say(ctx, f"[train] arm={args.arm} budget={format_tokens(tokens)} tokens = {steps} steps x {batch_size} x "
               f"{seq_len} (warm-up {math.ceil(recipe['warmup_frac'] * steps)} steps; {ctx.world} process(es) x "
@@ -319,7 +324,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config) if args.config else validate_config({})
-    train(args, cfg)
+    try:
+        train(args, cfg)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"python -m pvs.train: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -109,7 +109,7 @@ def _semantic_errors(cfg: dict) -> list[str]:
             and cfg["parent"]["source"] != "pretrained":
         errors.append(f"data.hf.shards = {cfg['data']['hf']['shards']!r}: sharded tokenization needs an existing "
                       "tokenizer (data.tokenizer, or parent.source: pretrained)")
-    errors += _length_errors(cfg) + _pretrained_errors(cfg) + _epoch_errors(cfg)
+    errors += _length_errors(cfg) + _pretrained_errors(cfg)
     splits = cfg["data"]["splits"]
     if splits["val"] + splits["calib"] + splits["retrain"] >= 0.95:
         errors.append(f"data.splits = {splits!r}: val + calib + retrain must leave room for the parent's split")
@@ -171,26 +171,6 @@ def _pretrained_errors(cfg: dict) -> list[str]:
         return [f"{key}: not a Llama checkpoint ({config_json} has model_type {model_type!r}; the study prunes "
                 "LlamaForCausalLM)"]
     return []
-
-
-def _epoch_errors(cfg: dict) -> list[str]:
-    """Arms that would read a split more than train.max_epochs times, when this study's data already exist
-    (its manifest.json, made with the same data settings); before that the trainer checks each run."""
-    from pvs.study import epoch_errors
-
-    manifest_path = Path(cfg["results_dir"]) / "data" / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return []
-    same_data = (manifest.get("seed") == cfg["seed"] and manifest.get("split_fractions") == cfg["data"]["splits"]
-                 and manifest.get("doc_chars") == cfg["data"]["doc_chars"]
-                 and manifest.get("source") == cfg["data"]["source"])
-    splits = manifest.get("splits", {})
-    if not same_data or not all("tokens" in splits.get(s, {}) for s in ("pretrain", "retrain")):
-        return []
-    return [f"{e} (split sizes from {manifest_path})" for e in
-            epoch_errors(cfg, {s: v["tokens"] for s, v in splits.items() if "tokens" in v})]
 
 
 def _nm_errors(prune: dict) -> list[str]:

@@ -36,11 +36,14 @@ setting 1 at the main budget with ``seeds`` seeds; the scaling curve; settings 2
 """
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from pvs.budget import format_tokens, parse_tokens
 from pvs.cli import doc_parser
+from pvs.config import load_config
 
 
 # ---------------------------------------------------------------- arms
@@ -200,6 +203,24 @@ def epoch_message(arm_name: str, tokens: int, arm: Arm, split_tokens: dict[str, 
             "to allow it explicitly (the paper trains every arm for less than one epoch)")
 
 
+def data_epoch_errors(cfg: dict) -> list[str]:
+    """Arms that would read a split more than train.max_epochs times, when this study's data already exist
+    (its manifest.json, made with the same data settings); before that the trainer checks each run."""
+    manifest_path = Path(cfg["results_dir"]) / "data" / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    same_data = (manifest.get("seed") == cfg["seed"] and manifest.get("split_fractions") == cfg["data"]["splits"]
+                 and manifest.get("doc_chars") == cfg["data"]["doc_chars"]
+                 and manifest.get("source") == cfg["data"]["source"])
+    splits = manifest.get("splits", {})
+    if not same_data or not all("tokens" in splits.get(s, {}) for s in ("pretrain", "retrain")):
+        return []
+    return [f"{e} (split sizes from {manifest_path})" for e in
+            epoch_errors(cfg, {s: v["tokens"] for s, v in splits.items() if "tokens" in v})]
+
+
 def canonical_budget(value) -> str:
     """The budget as it appears in paths: '300k', '1.3M'."""
     return format_tokens(parse_tokens(value))
@@ -330,12 +351,14 @@ REPORT_FILES = {o.key: o.path for o in REPORT_OUTPUTS}
 
 # ---------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    from pvs.config import load_config
-
     parser = doc_parser("python -m pvs.study", __doc__)
     parser.add_argument("config", help="study config (YAML)")
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
+    errors = data_epoch_errors(cfg)
+    if errors:
+        print("python -m pvs.study: invalid config:\n  " + "\n  ".join(errors), file=sys.stderr)
+        return 2
     all_runs = runs(cfg)
     for run in all_runs:
         print(run.model_path)

@@ -9,6 +9,7 @@ from snakemake.settings.types import DeploymentMethod
 from pvs.config import ConfigError, validate_config, write_resolved_config
 from pvs.prune.registry import method_options
 from pvs.prune.registry import record as method_record
+from pvs.study import data_epoch_errors
 from pvs.study import ARMS, FIGURE_PDFS, REPORT_OUTPUTS, SETTINGS, TRAINED_ARMS, Grid, Run, canonical_budget, runs
 from pvs.budget import format_tokens, parse_tokens
 from pvs.resources import estimated_child_params, job_resources, parent_params, prune_size_and_tokens, prune_stage
@@ -18,6 +19,8 @@ try:
     config = validate_config(config)
 except ConfigError as error:
     raise WorkflowError(f"config: {error}") from None
+if data_epoch_errors(config):  # budgets against the split sizes, once this study's data exist
+    raise WorkflowError("config: invalid config:\n  " + "\n  ".join(data_epoch_errors(config)))
 
 R = config["results_dir"].rstrip("/")
 CONFIG = write_resolved_config(config, f"{R}/config.resolved.yaml")

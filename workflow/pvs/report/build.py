@@ -14,7 +14,8 @@ Writes under --out (REPORT_FILES lists them):
   findings.md                    each finding of the paper with this run's numbers and a verdict
 
 Tables follow the config's grid (methods x ratios x budgets): a grid point without a run is "–" in
-markdown and an empty cell in CSV. Runs with several seeds show mean ± std. Sign convention:
+markdown and an empty cell in CSV. Runs with several seeds show mean ± std; every Δ shows mean ± SE (n),
+paired by seed (pvs.report.uncertainty states the verdict rule). Sign convention:
 Δ loss = S − P-R and Δ acc = P-R − S, so a positive Δ means pruning wins. Every file is written to a
 temp file and renamed: an interrupted run never leaves half a file.
 """
@@ -225,7 +226,7 @@ def _write_tables(paths: dict, summary, runs, grid, parent, t: dict, labels: dic
 def _draw_figures(paths: dict, runs, grid, parent, t: dict, labels: dict, dpi: int) -> None:
     parent_loss = tables.metric(parent, LOSS)
     figures.plot_loss_vs_tokens(runs, list(grid.methods), grid.scaling_ratio, list(grid.scaling), parent_loss,
-                                paths["loss_vs_tokens"], dpi)
+                                paths["loss_vs_tokens"], dpi, gaps=t["scaling"])
     figures.plot_setting2(t["setting2"], labels, parent_loss, paths["setting2_fig"], dpi)
     figures.plot_gap_vs_ratio(t["setting1"], paths["gap_vs_ratio"], dpi)
     titles = {"setting1": f"Setting 1: Δ loss = S_N − P-R_N, N = {labels['N']} \n(> 0: pruning wins)",
@@ -246,8 +247,8 @@ def build_report(cfg: dict, records: list[dict], out_dir: str | os.PathLike, dpi
     runs = tables.mean_over_seeds(summary)
     tables.note_outside_grid(runs, grid)
     parent = tables.parent_run(runs, grid)
-    t = {"setting1": tables.setting1_table(runs, grid), "scaling": tables.scaling_table(runs, grid),
-         "setting2": tables.setting2_table(runs, grid), "setting3": tables.setting3_table(runs, grid)}
+    t = {"setting1": tables.setting1_table(runs, grid, summary), "scaling": tables.scaling_table(runs, grid, summary),
+         "setting2": tables.setting2_table(runs, grid, summary), "setting3": tables.setting3_table(runs, grid, summary)}
     tables.note_missing("setting1", t["setting1"], ["pruned_loss", "retrain_loss", "scratch_loss"])
     tables.note_missing("scaling", t["scaling"], ["retrain_loss", "scratch_loss"])
     tables.note_missing("setting2", t["setting2"], ["retrain_loss", "scratch_total_loss"])

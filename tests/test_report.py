@@ -257,18 +257,21 @@ def test_findings_verdicts_on_known_numbers(full_report):
     text = (out / "findings.md").read_text()
     verdicts = dict(line.strip("|").split("|")[0].strip().split(":")[0:1] + [line.strip("|").split("|")[1].strip()]
                     for line in text.splitlines() if line.startswith("| F"))
-    assert verdicts == {"F1": "holds", "F2": "holds", "F3": "does not hold", "F4": "holds", "F5": "does not hold"}
-    assert "Minitron-Depth: r=0.5 Δ +0.200 → r=0.6 Δ +0.300 (does not narrow)" in text
-    assert "N=100k Δ +0.750 → N=300k Δ +0.400 → N=1M Δ +0.200 (narrows)" in text
+    assert verdicts == {"F0": "not enough runs", "F1": "holds", "F2": "holds", "F3": "does not hold", "F4": "holds",
+                        "F5": "does not hold"}
+    one = "no noise estimate (n=1)"                 # one seed per arm: verdicts by sign, as before seeds
+    assert f"Minitron-Depth: r=0.5 Δ +0.200, {one} → r=0.6 Δ +0.300, {one} (does not narrow)" in text
+    assert f"N=100k Δ +0.750, {one} → N=300k Δ +0.400, {one} → N=1M Δ +0.200, {one} (narrows)" in text
     assert "3 of 4 method × ratio points" in text and "S_F matches or wins at: Minitron-Depth r=0.5" in text
-    assert text.count("Scale caveat:") == 5 and "do not edit" in text
+    assert "| F1: At equal training tokens" in text and f"3 of 3 points with {one}, counted by sign" in text
+    assert text.count("Scale caveat:") == 6 and "do not edit" in text and "within noise" in text
 
 
 def test_findings_without_runs_say_not_enough(tmp_path):
     written = report.build_report(validate_config(RAW_CONFIG), report.load_records(
         write_evals(tmp_path / "eval", RUNS[:3])), tmp_path / "out")
     text = written["findings"].read_text()
-    assert text.count("**Verdict: not enough runs.**") == 5
+    assert text.count("**Verdict: not enough runs.**") == 6
 
 
 def test_seeds_show_error_bars_and_std(full_report):

@@ -79,8 +79,8 @@ def _check_eval(ev, path) -> None:
     if _tokens(model, "train_tokens", path) is None:
         raise EvalFormatError(f"{path}: model.train_tokens is required")
     curve = ev.get("curve")
-    if curve is not None and not (isinstance(curve, list) and all(
-            isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, (int, float)) for x in p) for p in curve)):
+    pair = lambda p: isinstance(p, list) and len(p) == 2 and all(isinstance(x, (int, float)) for x in p)  # noqa: E731
+    if curve is not None and not (isinstance(curve, list) and all(map(pair, curve))):
         raise EvalFormatError(f"{path}: curve must be a list of [tokens, val_loss] pairs")
 
 

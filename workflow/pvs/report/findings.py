@@ -32,11 +32,12 @@ from pvs.budget import approx_tokens, format_tokens
 from pvs.prune.registry import GRANULARITY_ORDER, display_name
 from pvs.report.parent_check import UNDERTRAINED, Check
 from pvs.report.tables import gap_of
-from pvs.report.uncertainty import LOSS, NO_NOISE, NOISE, RULE, TIE, Gap
+from pvs.report.uncertainty import LOSE, NO_NOISE, NOISE, RULE, TIE, Gap
 from pvs.study import Grid
 
 HOLDS, FAILS, WITHIN_NOISE, TOO_FEW = "holds", "does not hold", NOISE, "not enough runs"
 FINE, COARSE = "sparsegpt", "minitron_depth"       # the paper's two ends of the granularity axis
+SHOWN = 8                                          # F0 lists at most this many runs below the parent
 
 
 @dataclass
@@ -119,7 +120,7 @@ def _all_wins(pairs: pd.DataFrame, total: int, rival: str) -> tuple[str, list[st
     if len(pairs) == 0 or 2 * len(pairs) < total:
         return TOO_FEW, [], ""
     calls = [(_name(r), gap_of(r).call()) for r in pairs.itertuples()]
-    losers = [n for n, c in calls if c in (LOSS, TIE)]
+    losers = [n for n, c in calls if c in (LOSE, TIE)]
     noisy = [n for n, c in calls if c == NOISE]
     evidence = ([f"{rival} matches or wins at: " + ", ".join(losers)] if losers else []) + \
                ([f"{NOISE} (|Δ| ≤ 2 SE) at: " + ", ".join(noisy)] if noisy else [])
@@ -272,7 +273,9 @@ def f0_parent_check(check: Check, scale: Scale) -> Finding:
         lowest = min(check.scratch, key=lambda cv: cv[1])
         evidence.append(f"{len(check.scratch)} from-scratch run(s) reach P on their learning curve; the lowest at P "
                         f"is {lowest[0].name()} with {lowest[1]:.3f}.")
-        evidence += [f"below the parent at P: {c.name()} {v:.3f}" for c, v in check.below]
+        evidence += [f"below the parent at P: {c.name()} {v:.3f}" for c, v in check.below[:SHOWN]]
+        if len(check.below) > SHOWN:
+            evidence.append(f"and {len(check.below) - SHOWN} more from-scratch run(s) below the parent at P")
     if check.short:
         evidence.append(f"{len(check.short)} from-scratch run(s) have a curve that ends before P (not used).")
     passes = check.passes

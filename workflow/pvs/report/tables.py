@@ -25,7 +25,7 @@ import pandas as pd
 from pvs.budget import approx_tokens, format_tokens
 from pvs.compute import CONVENTION
 from pvs.prune.registry import display_name
-from pvs.report.uncertainty import LOSS as LOSES, NOISE, TIE, WIN, Gap, gap, unpaired
+from pvs.report.uncertainty import LOSE, NOISE, TIE, WIN, Gap, gap, unpaired
 from pvs.study import ARM_ORDER, Grid, as_ratio, order_methods, run_label  # noqa: F401 (re-exported)
 
 log = logging.getLogger("pvs.report.tables")
@@ -122,7 +122,7 @@ def _gap(first: pd.Series | None, second: pd.Series | None, col: str, values=Non
 
 
 def _winner(g: Gap, rival: str) -> str | None:
-    return {WIN: "retrain", LOSES: rival, NOISE: NOISE, TIE: "tie"}.get(g.call())
+    return {WIN: "retrain", LOSE: rival, NOISE: NOISE, TIE: "tie"}.get(g.call())
 
 
 def compare(runs: pd.DataFrame, method: str, ratio: float, budget: int, rival: str,
@@ -180,7 +180,8 @@ def setting1_table(runs: pd.DataFrame, grid: Grid, per_seed: pd.DataFrame | None
 def scaling_table(runs: pd.DataFrame, grid: Grid, per_seed: pd.DataFrame | None = None) -> pd.DataFrame:
     """The token-scaling curve: S_N vs P-R_N at the scaling ratio, one row per method and budget."""
     rows = [{"method": m, "ratio": grid.scaling_ratio, "budget": n,
-             **compare(runs, m, grid.scaling_ratio, n, "scratch", per_seed)} for m in grid.methods for n in grid.scaling]
+             **compare(runs, m, grid.scaling_ratio, n, "scratch", per_seed)}
+            for m in grid.methods for n in grid.scaling]
     return _frame(rows, SCALING_COLUMNS)
 
 
@@ -306,8 +307,8 @@ def setting1_markdown(table: pd.DataFrame, scaling: pd.DataFrame, grid: Grid, pa
     rows = {"method": [], "": []} | {format_tokens(n): [] for n in grid.scaling}
     for method in grid.methods:
         part = scaling[scaling.method == method].set_index("budget")
-        cells = {"P-R_N": _pm(part.retrain_loss, part.retrain_loss_std), "S_N": _pm(part.scratch_loss, part.scratch_loss_std),
-                 "Δ loss": _deltas(part, "loss", "+.3f")}
+        cells = {"P-R_N": _pm(part.retrain_loss, part.retrain_loss_std),
+                 "S_N": _pm(part.scratch_loss, part.scratch_loss_std), "Δ loss": _deltas(part, "loss", "+.3f")}
         for name, values in cells.items():
             rows["method"].append(display_name(method))
             rows[""].append(name)
@@ -324,7 +325,8 @@ def versus_markdown(table: pd.DataFrame, grid: Grid, parent, rival: str, labels:
     lines = _header(title, grid, parent, what)
     if table.empty:
         return "\n".join(lines + ["No ratios are configured for this setting."]) + "\n"
-    columns = {**_identity_columns(table), **_versus_columns(table, rival, pr, s), **_wins(table, {"retrain": pr, rival: s})}
+    columns = {**_identity_columns(table), **_versus_columns(table, rival, pr, s),
+               **_wins(table, {"retrain": pr, rival: s})}
     if rival == "scratch_flops":
         columns[f"{s} tokens"] = [MISSING if pd.isna(v) else approx_tokens(v) for v in table.scratch_flops_tokens]
         columns["pipeline FLOPs"] = [_num(v, ".2e") for v in table.retrain_pipeline_flops]

@@ -31,7 +31,7 @@ RULE = ("a gap counts as a win or a loss only when |mean Δ| > 2 SE with n ≥ 2
         "from the two arms' standard errors); otherwise it is within noise. With n = 1 there is no noise "
         "estimate: the point is reported as \"no noise estimate (n=1)\" and counted by the sign of Δ.")
 Z = 2.0                                         # a gap beyond Z standard errors is not noise
-WIN, LOSS, NOISE, TIE = "win", "loss", "within noise", "tie"
+WIN, LOSE, NOISE, TIE = "win", "loss", "within noise", "tie"
 NO_NOISE = "no noise estimate (n=1)"
 
 
@@ -68,7 +68,7 @@ class Gap:
         side = self.side(threshold)
         if side == 0:
             return NOISE if self.noisy else TIE
-        return WIN if side > 0 else LOSS
+        return WIN if side > 0 else LOSE
 
     def minus(self, other: "Gap") -> "Gap":
         """self − other for two independent gaps (different budgets or ratios): SEs add in quadrature."""
@@ -117,16 +117,3 @@ def se_of_mean(std, n):
     """Standard error of an arm's mean from its seed std and count (NaN below two seeds)."""
     std, n = pd.Series(std, dtype="float64"), pd.Series(n, dtype="float64")
     return (std / n.pow(0.5)).where(n >= 2)
-
-
-def noise_note(gaps: list[Gap]) -> str:
-    """What a verdict's noise column says: how many points are within noise or lack a noise estimate."""
-    present = [g for g in gaps if g.present]
-    parts = []
-    noise = sum(g.noisy and g.side() == 0 for g in present)
-    if noise:
-        parts.append(f"{noise} of {len(present)} points {NOISE}")
-    single = sum(not g.noisy for g in present)
-    if single:
-        parts.append(f"{single} of {len(present)} points with {NO_NOISE}, counted by sign")
-    return "; ".join(parts)

@@ -23,7 +23,7 @@ from pvs.data.tokens import read_manifest
 
 EXAMPLES = 30
 LIMIT = 12           # lm-eval examples per task in the end-to-end runs
-RESULT_KEYS = {"study", "model", "params", "shape", "metrics", "lmeval_detail", "val_detail", "settings",
+RESULT_KEYS = {"study", "model", "params", "shape", "metrics", "curve", "lmeval_detail", "val_detail", "settings",
                "model_meta", "versions", "seconds"}
 
 
@@ -200,6 +200,7 @@ def test_cli_writes_results_with_every_documented_key(tiny_trained_model, byte_s
     assert detail["heldout_cloze"]["perplexity"] > 1
     assert result["shape"]["num_hidden_layers"] == 10 and result["params"]["total"] > 0
     assert result["model_meta"] == {"prune": None, "train": None}
+    assert result["curve"] is None                                  # no metrics.jsonl: no learning curve
     assert result["versions"]["lm-eval"] != "not installed" and result["seconds"] > 0
 
 

@@ -257,18 +257,21 @@ def test_findings_verdicts_on_known_numbers(full_report):
     text = (out / "findings.md").read_text()
     verdicts = dict(line.strip("|").split("|")[0].strip().split(":")[0:1] + [line.strip("|").split("|")[1].strip()]
                     for line in text.splitlines() if line.startswith("| F"))
-    assert verdicts == {"F1": "holds", "F2": "holds", "F3": "does not hold", "F4": "holds", "F5": "does not hold"}
-    assert "Minitron-Depth: r=0.5 Δ +0.200 → r=0.6 Δ +0.300 (does not narrow)" in text
-    assert "N=100k Δ +0.750 → N=300k Δ +0.400 → N=1M Δ +0.200 (narrows)" in text
+    assert verdicts == {"F0": "not enough runs", "F1": "holds", "F2": "holds", "F3": "does not hold", "F4": "holds",
+                        "F5": "does not hold"}
+    one = "no noise estimate (n=1)"                 # one seed per arm: verdicts by sign, as before seeds
+    assert f"Minitron-Depth: r=0.5 Δ +0.200, {one} → r=0.6 Δ +0.300, {one} (does not narrow)" in text
+    assert f"N=100k Δ +0.750, {one} → N=300k Δ +0.400, {one} → N=1M Δ +0.200, {one} (narrows)" in text
     assert "3 of 4 method × ratio points" in text and "S_F matches or wins at: Minitron-Depth r=0.5" in text
-    assert text.count("Scale caveat:") == 5 and "do not edit" in text
+    assert "| F1: At equal training tokens" in text and f"3 of 3 points with {one}, counted by sign" in text
+    assert text.count("Scale caveat:") == 6 and "do not edit" in text and "within noise" in text
 
 
 def test_findings_without_runs_say_not_enough(tmp_path):
     written = report.build_report(validate_config(RAW_CONFIG), report.load_records(
         write_evals(tmp_path / "eval", RUNS[:3])), tmp_path / "out")
     text = written["findings"].read_text()
-    assert text.count("**Verdict: not enough runs.**") == 5
+    assert text.count("**Verdict: not enough runs.**") == 6
 
 
 def test_seeds_show_error_bars_and_std(full_report):
@@ -354,3 +357,179 @@ def test_a_model_evaluated_twice_counts_once(tmp_path, caplog):
         summary = report.summary_frame(report.load_records(paths + paths[:1]))   # a path given twice is read once
     assert len(summary) == 2 and all(str(tmp_path / "b") in f for f in summary.eval_file)
     assert caplog.text.count("duplicate evaluation") == 2
+
+
+# ---------------------------------------------------------------- seeds, noise and F0
+# A study with 3 seeds per arm and known per-seed differences Δ_k (scratch − pruned loss, seed by seed):
+#   setting 1 at 300k:  Minitron-Depth r=0.5  0.18 0.20 0.22  -> Δ +0.200 ± 0.012 (n=3), a clear win
+#                       Minitron-Depth r=0.6 -0.05 0.02 0.09  -> Δ +0.020 ± 0.040 (n=3), within noise
+#                       SparseGPT      r=0.5  0.30 0.40 0.50  -> Δ +0.400 ± 0.058 (n=3), a clear win
+#                       SparseGPT      r=0.6 -0.12 -0.10 -0.08 -> Δ -0.100 ± 0.012 (n=3), a clear loss
+#   scaling at 1M:      Minitron-Depth 0.04 0.05 0.06 (narrows beyond noise), SparseGPT 0.20 0.35 0.50 (within noise)
+#   setting 2 at r=0.5: Minitron-Depth S_{P+N} with seeds 0 and 1 only (unpaired: Welch SE),
+#                       SparseGPT 0.00 0.05 0.10 -> Δ +0.050 ± 0.029 (n=3): within noise of the tolerance 0.01
+NOISY_CONFIG = {"study": "noisy", "seeds": 3, "parent": {"tokens": "1M"},
+                "prune": {"methods": ["sparsegpt", "minitron_depth"], "ratios": [0.5, 0.6]},
+                "budgets": {"main": "300k", "scaling": ["300k", "1M"], "scaling_ratio": 0.5,
+                            "setting2_ratios": [0.5], "setting3_ratios": []}}
+SEED_EFFECT = (-0.03, 0.0, 0.03)        # shared by both arms of a seed: pairing removes it
+DIFFS = {("minitron_depth", 0.5, 300 * K): (0.18, 0.20, 0.22), ("minitron_depth", 0.6, 300 * K): (-0.05, 0.02, 0.09),
+         ("sparsegpt", 0.5, 300 * K): (0.30, 0.40, 0.50), ("sparsegpt", 0.6, 300 * K): (-0.12, -0.10, -0.08),
+         ("minitron_depth", 0.5, 1 * M): (0.04, 0.05, 0.06), ("sparsegpt", 0.5, 1 * M): (0.20, 0.35, 0.50)}
+SETTING2 = {"minitron_depth": (3.28, 3.32), "sparsegpt": (0.00, 0.05, 0.10)}   # S_{P+N} losses / Δ_k
+
+
+def noisy_evals(curves: dict | None = None, drop=()) -> list[dict]:
+    """Evaluation JSONs of the noisy study; ``curves`` = {(arm, method): [[tokens, val_loss], ...]}."""
+    evs = [make_eval("parent", None, None, None, 1 * M, 0, 3.0, 0.50, None, study="noisy")]
+    for (method, ratio, budget), diffs in DIFFS.items():
+        if (method, ratio) in drop:
+            continue
+        for seed, (effect, d) in enumerate(zip(SEED_EFFECT, diffs)):
+            pruned = 3.4 + effect
+            evs.append(make_eval("retrain", method, ratio, budget, budget, seed, pruned, 0.44 - effect, 0.5, "noisy"))
+            evs.append(make_eval("scratch", method, ratio, budget, budget, seed, pruned + d, 0.44 - effect - d / 10,
+                                 None, "noisy"))
+    for seed, loss in enumerate(SETTING2["minitron_depth"]):
+        evs.append(make_eval("scratch_total", "minitron_depth", 0.5, 300 * K, 1300 * K, seed, loss, 0.45, None,
+                             "noisy"))
+    for seed, (effect, d) in enumerate(zip(SEED_EFFECT, SETTING2["sparsegpt"])):
+        evs.append(make_eval("scratch_total", "sparsegpt", 0.5, 300 * K, 1300 * K, seed, 3.4 + effect + d, 0.45,
+                             None, "noisy"))
+    for ev in evs:
+        key = (ev["model"]["arm"], ev["model"]["method"])
+        ev["curve"] = (curves or {}).get(key, (curves or {}).get(ev["model"]["arm"]))
+    return evs
+
+
+def noisy_report(tmp_path, **kwargs) -> dict:
+    records = []
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    for i, ev in enumerate(noisy_evals(**kwargs)):
+        (tmp_path / f"{i}.json").write_text(json.dumps(ev))
+        records.append(report.read_eval(tmp_path / f"{i}.json"))
+    return report.build_report(validate_config(NOISY_CONFIG), records, tmp_path / "out")
+
+
+def _verdicts(text: str) -> dict[str, str]:
+    rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| F")]
+    return {cells[0].split(":")[0].strip(): cells[1].strip() for cells in rows}
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory):
+    return noisy_report(tmp_path_factory.mktemp("noisy"))
+
+
+def test_gap_is_paired_by_seed_with_its_standard_error():
+    from pvs.report.uncertainty import gap
+    a = pd.Series([3.55, 3.60, 3.65], index=[0, 1, 2])
+    b = pd.Series([3.37, 3.40, 3.43], index=[0, 1, 2])                    # differences 0.18, 0.20, 0.22
+    g = gap(a, b)
+    assert g.paired and g.n == 3 and g.mean == pytest.approx(0.2) and g.se == pytest.approx(0.02 / 3 ** 0.5)
+    assert g.text() == "Δ +0.200 ± 0.012 (n=3)" and g.call() == "win"
+    welch = gap(a, b.iloc[:2])                                           # seeds do not pair: Welch
+    assert not welch.paired and welch.n == 2 and welch.se == pytest.approx((0.05 ** 2 / 3 + 0.0212132 ** 2 / 2) ** 0.5)
+    one = gap(a.iloc[:1], b.iloc[:1])
+    assert one.n == 1 and one.text() == "Δ +0.180, no noise estimate (n=1)" and one.call() == "win"
+    assert gap(a.iloc[:1], a.iloc[:1]).call() == "tie"
+
+
+def test_setting1_deltas_carry_mean_se_and_n(noisy):
+    s1 = pd.read_csv(noisy["setting1_csv"])
+    expected = {("minitron_depth", 0.5): (0.2, 0.02, "retrain"), ("minitron_depth", 0.6): (0.02, 0.07, "within noise"),
+                ("sparsegpt", 0.5): (0.4, 0.1, "retrain"), ("sparsegpt", 0.6): (-0.1, 0.02, "scratch")}
+    for (method, ratio), (mean, std, winner) in expected.items():
+        row = _row(s1, method=method, ratio=ratio)
+        assert row.delta_loss == pytest.approx(mean) and row.delta_loss_se == pytest.approx(std / 3 ** 0.5)
+        assert row.delta_loss_n == 3 and row.delta_paired and row.winner_loss == winner, (method, ratio)
+        assert row.retrain_loss_std == pytest.approx(0.03)              # the arm's own spread (seed effect)
+    md = noisy["setting1_md"].read_text()
+    for cell in ("Δ +0.200 ± 0.012 (n=3)", "Δ +0.020 ± 0.040 (n=3)", "Δ +0.400 ± 0.058 (n=3)",
+                 "Δ -0.100 ± 0.012 (n=3)", "Δ +0.050 ± 0.006 (n=3)"):
+        assert cell in md, cell
+    assert "| within noise" in md
+
+
+def test_noisy_findings_verdicts(noisy):
+    text = noisy["findings"].read_text()
+    assert _verdicts(text) == {"F0": "not enough runs", "F1": "does not hold", "F2": "within noise", "F3": "holds",
+                               "F4": "within noise", "F5": "not enough runs"}
+    assert "Verdict rule: a gap counts as a win or a loss only when |mean Δ| > 2 SE with n ≥ 2 seeds" in text
+    assert ("Minitron-Depth: r=0.5 Δ +0.200 ± 0.012 (n=3) (acc +2.0 ± 0.1 pp), "
+            "r=0.6 Δ +0.020 ± 0.040 (n=3) (acc +0.2 ± 0.4 pp)") in text
+    assert "scratch matches or wins at: SparseGPT r=0.6" in text
+    assert "within noise (|Δ| ≤ 2 SE) at: Minitron-Depth r=0.6" in text
+    assert "**Verdict: does not hold (1 of 4 points within noise).**" in text
+    assert "N=300k Δ +0.200 ± 0.012 (n=3) → N=1M Δ +0.050 ± 0.006 (n=3) (narrows; first − last: Δ +0.150" in text
+    assert "(within noise; first − last: Δ +0.050 ± 0.104 (n=3, unpaired))" in text       # SparseGPT in F2
+    assert "Minitron-Depth r=0.5: P-R_N 3.400 vs S_{P+N} 3.300, Δ -0.100 ± 0.026 (n=2, unpaired)" in text
+    assert "Minitron-Depth r=0.5 (coarse: matched or beaten): holds" in text
+    assert "SparseGPT r=0.5 (fine: keeps an advantage): within noise" in text
+    s2 = pd.read_csv(noisy["setting2_csv"])
+    assert _row(s2, method="minitron_depth").winner_loss == "scratch_total"
+    assert not _row(s2, method="minitron_depth").delta_paired and _row(s2, method="minitron_depth").delta_loss_n == 2
+    assert _row(s2, method="sparsegpt").winner_loss == "within noise"
+
+
+def test_without_the_loss_f1_is_within_noise_and_without_noise_it_holds(tmp_path):
+    text = noisy_report(tmp_path / "a", drop=[("sparsegpt", 0.6)])["findings"].read_text()
+    assert _verdicts(text)["F1"] == "within noise" and "**Verdict: within noise (1 of 3 points within noise).**" in text
+    text = noisy_report(tmp_path / "b", drop=[("sparsegpt", 0.6), ("minitron_depth", 0.6)])["findings"].read_text()
+    assert _verdicts(text)["F1"] == "holds" and "| F1: At equal training tokens, pruned initialization beats " \
+        "random initialization for every method and ratio | holds | – |" in text
+
+
+def test_figures_draw_with_seeds(noisy, tmp_path, monkeypatch):
+    for name in FIGURES:
+        image = matplotlib.image.imread(noisy[name])
+        assert image[..., :3].std() > 0.05, name
+    from matplotlib.axes import Axes
+    from pvs.report import figures
+    drawn, errorbar = [], Axes.errorbar
+    monkeypatch.setattr(Axes, "errorbar", lambda self, x, y, yerr=None, **kw: drawn.append(list(yerr)) or
+                        errorbar(self, x, y, yerr=yerr, **kw))
+    figures.plot_gap_vs_ratio(pd.read_csv(noisy["setting1_csv"]), tmp_path / "gap.png")
+    assert drawn[0] == pytest.approx([0.02 / 3 ** 0.5, 0.07 / 3 ** 0.5])    # Minitron-Depth Δ loss: SE of Δ
+
+
+PARENT_CURVE = [[0, 8.0], [500 * K, 4.0], [1 * M, 3.0]]
+
+
+def test_f0_holds_when_the_parent_is_below_every_scratch_curve_at_p(tmp_path):
+    curves = {"parent": PARENT_CURVE, "scratch_total": [[0, 8.0], [800 * K, 3.6], [1200 * K, 3.2], [1300 * K, 3.15]],
+              "scratch": [[0, 8.0], [300 * K, 3.5]]}                           # S_300k ends before P: not used
+    text = noisy_report(tmp_path, curves=curves)["findings"].read_text()
+    assert _verdicts(text)["F0"] == "holds" and "undertrained" not in text
+    assert "parent P at P = 1M tokens: val loss 3.000 (its learning curve at P)" in text
+    assert "5 from-scratch run(s) reach P on their learning curve; the lowest at P is S_1.3M Minitron-Depth r=0.5 " \
+           "seed 0 with 3.400." in text                                        # 3.6 + (3.2 − 3.6) · 200k / 400k
+    assert "18 from-scratch run(s) have a curve that ends before P (not used)." in text
+    assert text.index("## F0.") < text.index("## F1.")
+
+
+def test_f0_fails_when_a_scratch_curve_at_p_is_below_the_parent(tmp_path):
+    curves = {"parent": PARENT_CURVE, "scratch_total": [[0, 8.0], [800 * K, 3.6], [1200 * K, 3.2]],
+              ("scratch_total", "sparsegpt"): [[0, 8.0], [800 * K, 3.0], [1200 * K, 2.6]]}
+    text = noisy_report(tmp_path, curves=curves)["findings"].read_text()
+    assert _verdicts(text)["F0"] == "does not hold"
+    assert "below the parent at P: S_1.3M SparseGPT r=0.5 seed 0 2.800" in text
+    assert "**F0 fails. The parent is undertrained:" in text and "do not test the paper's regime" in text
+    assert text.index("**F0 fails.") < text.index("| finding | verdict |")
+
+
+def test_f0_without_scratch_curves_is_not_enough_runs(tmp_path):
+    text = noisy_report(tmp_path, curves={"parent": PARENT_CURVE})["findings"].read_text()
+    assert _verdicts(text)["F0"] == "not enough runs" and "no from-scratch learning curve reaches P tokens" in text
+
+
+def test_interpolation_and_the_learning_curve_of_a_model_dir(tmp_path):
+    from pvs.evaluate.score import learning_curve
+    from pvs.report.parent_check import interpolate
+    assert interpolate([(0, 8.0), (100, 4.0), (200, 3.0)], 150) == pytest.approx(3.5)
+    assert interpolate([(0, 8.0), (100, 4.0)], 100) == 4.0 and interpolate([(0, 8.0), (100, 4.0)], 101) is None
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in (
+        {"step": 0, "tokens": 0, "val_loss": 8.0}, {"step": 1, "tokens": 512, "loss": 7.0},
+        {"step": 2, "tokens": 1024, "loss": 6.0, "val_loss": 6.5})) + "\n")
+    assert learning_curve(tmp_path) == [[0, 8.0], [1024, 6.5]]
+    assert learning_curve(tmp_path / "absent") is None

@@ -19,6 +19,10 @@ Metrics (OUT.json "metrics", one flat name -> float each):
                   over the non-overlapping windows of --eval-sets/NAME.bin (its documents joined by the
                   separator, evaluate.perplexity_max_tokens tokens, fetched once by python -m pvs.evaluate.sets)
 
+OUT.json "curve": the model's learning curve, [[tokens, val_loss], ...] from the records of its training run's
+metrics.jsonl that carry a val_loss (the trainer's validation windows, every train.eval_every_tokens); null for
+a model without one (the one-shot pruned child). The report's F0 reads it (pvs.report.parent_check).
+
 lm-eval (0.4.13, Python API, zero-shot, offline): the loaded model is wrapped in HFLM with
 prefix_token_id = the document separator the model was trained with (<|endoftext|>, manifest["eos_id"]).
 HFLM's own default would be the tokenizer's BOS, and it only prefixes empty contexts (BLiMP); here every
@@ -107,6 +111,15 @@ def _parse_value(value: str):
 
 def read_json_or_none(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def learning_curve(model_dir: Path) -> list[list[float]] | None:
+    """[[tokens, val_loss], ...] from MODEL/metrics.jsonl (records with both keys, in file order); None without it."""
+    path = Path(model_dir) / "metrics.jsonl"
+    if not path.exists():
+        return None
+    records = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return [[int(r["tokens"]), float(r["val_loss"])] for r in records if "tokens" in r and "val_loss" in r]
 
 
 # -------------------------------------------------------------------------------------- validation
@@ -296,6 +309,7 @@ def evaluate(args: argparse.Namespace, cfg: dict) -> dict:
         "params": count_params(model, masks),
         "shape": shape_of(model.config),
         "metrics": metrics,
+        "curve": learning_curve(model_dir),
         "lmeval_detail": detail,
         "val_detail": val_detail,
         "settings": {"tasks": str(task_dir) if task_dir else None, "val_windows": windows, "seq_len": seq_len,

@@ -11,10 +11,13 @@ Writes under --out (REPORT_FILES lists them):
   tables/setting2.md, .csv       S_{P+N} vs P-R_N and the winner; tables/setting3.md, .csv: S_F vs P-R_N
   figures/*.png + .pdf           loss_vs_tokens (Figure 1 left), setting2 (Figure 1 right), gap_vs_ratio,
                                  heatmap_setting1/2/3
-  findings.md                    each finding of the paper with this run's numbers and a verdict
+  findings.md                    F0 (is the parent below every scratch run at P tokens, from the learning
+                                 curves the evaluations embed) and each finding of the paper with this run's
+                                 numbers and a verdict
 
 Tables follow the config's grid (methods x ratios x budgets): a grid point without a run is "–" in
-markdown and an empty cell in CSV. Runs with several seeds show mean ± std. Sign convention:
+markdown and an empty cell in CSV. Runs with several seeds show mean ± std; every Δ shows mean ± SE (n),
+paired by seed (pvs.report.uncertainty states the verdict rule). Sign convention:
 Δ loss = S − P-R and Δ acc = P-R − S, so a positive Δ means pruning wins. Every file is written to a
 temp file and renamed: an interrupted run never leaves half a file.
 """
@@ -31,6 +34,7 @@ import pandas as pd
 
 from pvs import compute
 from pvs.report import figures, findings, paper_table, tables
+from pvs.report.parent_check import Check, Curve
 from pvs.budget import format_tokens, parse_tokens
 from pvs.cli import doc_parser
 from pvs.config import ConfigError, load_config
@@ -74,6 +78,10 @@ def _check_eval(ev, path) -> None:
         raise EvalFormatError(f"{path}: model.budget is required for arm {model['arm']!r}")
     if _tokens(model, "train_tokens", path) is None:
         raise EvalFormatError(f"{path}: model.train_tokens is required")
+    curve = ev.get("curve")
+    pair = lambda p: isinstance(p, list) and len(p) == 2 and all(isinstance(x, (int, float)) for x in p)  # noqa: E731
+    if curve is not None and not (isinstance(curve, list) and all(map(pair, curve))):
+        raise EvalFormatError(f"{path}: curve must be a list of [tokens, val_loss] pairs")
 
 
 def read_eval(path: str | os.PathLike) -> dict:
@@ -97,6 +105,7 @@ def read_eval(path: str | os.PathLike) -> dict:
     record.update(ev["metrics"])
     record["_metrics"] = list(ev["metrics"])
     record["_shape"], record["_prune"] = ev.get("shape"), (ev.get("model_meta") or {}).get("prune")
+    record["_curve"] = ev.get("curve")           # the learning curve [[tokens, val_loss], ...] (F0)
     record.update({"seconds": ev.get("seconds"), "torch_version": versions.get("torch"),
                    "transformers_version": versions.get("transformers"), "model_path": model.get("path"),
                    "eval_file": str(path)})
@@ -225,7 +234,7 @@ def _write_tables(paths: dict, summary, runs, grid, parent, t: dict, labels: dic
 def _draw_figures(paths: dict, runs, grid, parent, t: dict, labels: dict, dpi: int) -> None:
     parent_loss = tables.metric(parent, LOSS)
     figures.plot_loss_vs_tokens(runs, list(grid.methods), grid.scaling_ratio, list(grid.scaling), parent_loss,
-                                paths["loss_vs_tokens"], dpi)
+                                paths["loss_vs_tokens"], dpi, gaps=t["scaling"])
     figures.plot_setting2(t["setting2"], labels, parent_loss, paths["setting2_fig"], dpi)
     figures.plot_gap_vs_ratio(t["setting1"], paths["gap_vs_ratio"], dpi)
     titles = {"setting1": f"Setting 1: Δ loss = S_N − P-R_N, N = {labels['N']} \n(> 0: pruning wins)",
@@ -246,8 +255,8 @@ def build_report(cfg: dict, records: list[dict], out_dir: str | os.PathLike, dpi
     runs = tables.mean_over_seeds(summary)
     tables.note_outside_grid(runs, grid)
     parent = tables.parent_run(runs, grid)
-    t = {"setting1": tables.setting1_table(runs, grid), "scaling": tables.scaling_table(runs, grid),
-         "setting2": tables.setting2_table(runs, grid), "setting3": tables.setting3_table(runs, grid)}
+    t = {"setting1": tables.setting1_table(runs, grid, summary), "scaling": tables.scaling_table(runs, grid, summary),
+         "setting2": tables.setting2_table(runs, grid, summary), "setting3": tables.setting3_table(runs, grid, summary)}
     tables.note_missing("setting1", t["setting1"], ["pruned_loss", "retrain_loss", "scratch_loss"])
     tables.note_missing("scaling", t["scaling"], ["retrain_loss", "scratch_loss"])
     tables.note_missing("setting2", t["setting2"], ["retrain_loss", "scratch_total_loss"])
@@ -257,8 +266,10 @@ def build_report(cfg: dict, records: list[dict], out_dir: str | os.PathLike, dpi
     paths = {name: out / rel for name, rel in REPORT_FILES.items()}
     _write_tables(paths, summary, runs, grid, parent, t, labels)
     _draw_figures(paths, runs, grid, parent, t, labels, dpi)
+    curves = [c for c in (Curve.of(r) for r in records if r["study"] == grid.study) if c is not None]
+    check = Check.of(curves, grid.parent_tokens, tables.metric(parent, LOSS) if parent is not None else None)
     items = findings.findings(t["setting1"], t["scaling"], t["setting2"], t["setting3"], grid, runs, parent,
-                              cfg["report"]["match_tolerance"])
+                              cfg["report"]["match_tolerance"], check)
     atomic_write_text(paths["findings"], findings.findings_markdown(items, grid))
     return paths
 

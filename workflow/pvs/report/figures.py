@@ -8,7 +8,9 @@
     gap_vs_ratio       setting 1 at the main budget: Δ loss and Δ acc against the pruning ratio, per method.
     heatmap_setting{k} the gap (Δ loss) as a method x ratio heatmap for settings 1, 2 and 3.
 
-Error bars (and ± in tables) are the std over seeds where a run has several. Every function draws what
+Error bars are standard errors where seeds exist (pvs.report.uncertainty): the SE of each arm's mean
+(std over seeds / sqrt(n)) on loss and bar plots, the SE of the mean Δ (paired by seed) on gap plots, and
+"± SE" under each heatmap cell; none where a run has one seed. Every function draws what
 exists, logs what it skips, and still writes a figure (saying so) when nothing can be drawn, so the
 workflow's outputs always exist. Bar panels zoom the y axis to the data so that small gaps stay visible.
 """
@@ -25,12 +27,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from pvs.budget import format_tokens  # noqa: E402
 from pvs.prune.registry import GRANULARITY_ORDER, display_name  # noqa: E402
-from pvs.report.tables import delta_std  # noqa: E402
+from pvs.report.tables import gap_of  # noqa: E402
+from pvs.report.uncertainty import se_of_mean  # noqa: E402
 
 log = logging.getLogger("pvs.report.figures")
 
@@ -73,11 +76,14 @@ def _no_data(ax, text: str) -> None:
 
 
 def _series(runs: pd.DataFrame, arm: str, method: str, ratio: float, budgets: list[int]) -> pd.DataFrame:
-    """Token count, loss and loss std of one arm of one method at one ratio, over the budgets, sorted by N."""
+    """Token count, loss and the SE of the mean loss (NaN for one seed) of one arm of one method at one
+    ratio, over the budgets, sorted by N."""
     rows = runs[(runs.arm == arm) & (runs.method == method) & (runs.ratio == ratio)
                 & runs.budget.isin(budgets) & runs.val_loss.notna()]
-    rows = rows.assign(val_loss_std=rows["val_loss_std"] if "val_loss_std" in rows else float("nan"))
-    return rows.sort_values("budget")[["budget", "val_loss", "val_loss_std"]]
+    std = rows["val_loss_std"] if "val_loss_std" in rows else pd.Series(float("nan"), index=rows.index)
+    n = rows["n"] if "n" in rows else pd.Series(1, index=rows.index)
+    rows = rows.assign(val_loss_se=se_of_mean(std, n).to_numpy())
+    return rows.sort_values("budget")[["budget", "val_loss", "val_loss_se"]]
 
 
 # ---------------------------------------------------------------- Figure 1 left: loss against tokens
@@ -86,19 +92,24 @@ ARM_STYLE = {"retrain": dict(linestyle="-", marker="o", markerfacecolor=None),
              "scratch": dict(linestyle=":", marker="o", markerfacecolor="white")}
 
 
-def _annotate_gap(ax, pruned: pd.DataFrame, scratch: pd.DataFrame, at: str) -> None:
-    """Δ = S_N − P-R_N drawn as a bracket at the smallest (at='first') or largest ('last') shared N."""
+def _annotate_gap(ax, pruned: pd.DataFrame, scratch: pd.DataFrame, at: str, gaps: pd.DataFrame | None) -> None:
+    """Δ = S_N − P-R_N drawn as a bracket at the smallest (at='first') or largest ('last') shared N, with
+    ± the SE of Δ where ``gaps`` (the scaling table of this method) has one."""
     shared = sorted(set(pruned.budget) & set(scratch.budget))
     if not shared:
         return
     n = shared[0] if at == "first" else shared[-1]
     lo, hi = float(pruned[pruned.budget == n].val_loss.iloc[0]), float(scratch[scratch.budget == n].val_loss.iloc[0])
     ax.plot([n, n], [lo, hi], color="0.3", linewidth=0.8)
-    ax.annotate(f"Δ{hi - lo:+.2f}", (n, (lo + hi) / 2), xytext=(3, 0), textcoords="offset points",
+    text = f"Δ{hi - lo:+.2f}"
+    row = None if gaps is None else gaps[gaps.budget == n]
+    if row is not None and len(row) and gap_of(row.iloc[0]).noisy:
+        text += f"\n±{gap_of(row.iloc[0]).se:.2f}"
+    ax.annotate(text, (n, (lo + hi) / 2), xytext=(3, 0), textcoords="offset points",
                 ha="left", va="center", fontsize=6.5, color="0.15")
 
 
-def _method_panel(ax, runs, method, ratio, budgets) -> bool:
+def _method_panel(ax, runs, method, ratio, budgets, gaps=None) -> bool:
     """One method's P-R_N and S_N curves with Δ at both ends; False when neither has two points."""
     series = {arm: _series(runs, arm, method, ratio, budgets) for arm in ARM_STYLE}
     color, drawn = method_color(method), False
@@ -108,13 +119,14 @@ def _method_panel(ax, runs, method, ratio, budgets) -> bool:
             log.info("loss_vs_tokens: skipped %s %s at r=%g: %d point(s), need 2", method,
                      "P-R_N" if arm == "retrain" else "S_N", ratio, len(points))
             continue
-        ax.errorbar(points.budget, points.val_loss, yerr=points.val_loss_std.fillna(0.0), color=color,
+        ax.errorbar(points.budget, points.val_loss, yerr=points.val_loss_se.fillna(0.0), color=color,
                     linestyle=style["linestyle"], marker=style["marker"], markersize=3.5, linewidth=1.2,
                     markerfacecolor=style["markerfacecolor"] or color, capsize=2, elinewidth=0.8)
         drawn = True
     if drawn:
-        _annotate_gap(ax, series["retrain"], series["scratch"], "first")
-        _annotate_gap(ax, series["retrain"], series["scratch"], "last")
+        mine = None if gaps is None else gaps[gaps.method == method]
+        _annotate_gap(ax, series["retrain"], series["scratch"], "first", mine)
+        _annotate_gap(ax, series["retrain"], series["scratch"], "last", mine)
     return drawn
 
 
@@ -136,12 +148,14 @@ def _panel_grid(count: int, height: float = 2.1):
 
 
 def plot_loss_vs_tokens(runs: pd.DataFrame, methods: list[str], ratio: float, budgets: list[int],
-                        parent_loss: float | None, path: str | os.PathLike, dpi: int = 150) -> None:
-    """Figure 1 left: one panel per method, P-R_N (solid) vs S_N (dotted), parent dashed, Δ at both ends."""
+                        parent_loss: float | None, path: str | os.PathLike, dpi: int = 150,
+                        gaps: pd.DataFrame | None = None) -> None:
+    """Figure 1 left: one panel per method, P-R_N (solid) vs S_N (dotted), parent dashed, Δ at both ends
+    (± its SE from ``gaps``, the scaling table, where seeds exist); error bars = SE of each arm's mean."""
     budgets = sorted(budgets)
     with plt.rc_context(STYLE):
         fig, axes = _panel_grid(len(methods))
-        drawn = [m for ax, m in zip(axes.flat, methods) if _method_panel(ax, runs, m, ratio, budgets)]
+        drawn = [m for ax, m in zip(axes.flat, methods) if _method_panel(ax, runs, m, ratio, budgets, gaps)]
         if not drawn:
             for ax in axes.flat:
                 ax.set_visible(False)
@@ -174,7 +188,8 @@ def plot_loss_vs_tokens(runs: pd.DataFrame, methods: list[str], ratio: float, bu
 # ---------------------------------------------------------------- setting 1: the gap against the ratio
 
 def plot_gap_vs_ratio(table: pd.DataFrame, path: str | os.PathLike, dpi: int = 150) -> None:
-    """Δ loss and Δ acc (S_N vs P-R_N at the main budget) against the ratio, one line per method."""
+    """Δ loss and Δ acc (S_N vs P-R_N at the main budget) against the ratio, one line per method; error
+    bars = SE of the mean Δ over seeds (none with one seed)."""
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, 2, figsize=(PAGE_WIDTH_IN, 2.6), layout="constrained")
         drawn = []
@@ -184,7 +199,8 @@ def plot_gap_vs_ratio(table: pd.DataFrame, path: str | os.PathLike, dpi: int = 1
                 ok = rows[col].notna()
                 if ok.sum() == 0:
                     continue
-                ax.errorbar(rows.ratio[ok], rows[col][ok] * scale, yerr=delta_std(rows, "scratch", name)[ok] * scale,
+                se = rows[f"{col}_se"].astype("float64").fillna(0.0)
+                ax.errorbar(rows.ratio[ok], rows[col][ok] * scale, yerr=se[ok] * scale,
                             color=method_color(method), marker="o", markersize=3.5, linewidth=1.2, capsize=2)
                 if method not in drawn:
                     drawn.append(method)
@@ -210,7 +226,8 @@ def plot_gap_vs_ratio(table: pd.DataFrame, path: str | os.PathLike, dpi: int = 1
 # ---------------------------------------------------------------- heatmaps of the gap
 
 def plot_gap_heatmap(table: pd.DataFrame, title: str, path: str | os.PathLike, dpi: int = 150) -> None:
-    """Δ loss (positive: pruning wins) as a method (rows, coarse -> fine) x ratio (columns) heatmap."""
+    """Δ loss (positive: pruning wins) as a method (rows, coarse -> fine) x ratio (columns) heatmap; a cell
+    with a noise estimate reads '+0.20 ± 0.05' (± = SE of Δ) and is outlined when within noise (|Δ| ≤ 2 SE)."""
     methods = list(dict.fromkeys(table.method))
     ratios = sorted(table.ratio.unique())
     grid = table.pivot_table(index="method", columns="ratio", values="delta_loss", dropna=False).reindex(
@@ -226,8 +243,15 @@ def plot_gap_heatmap(table: pd.DataFrame, title: str, path: str | os.PathLike, d
             return
         limit = float(pd.Series(values.ravel()).abs().max()) or 1.0
         image = ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+        cells = {(row.method, row.ratio): gap_of(row) for _, row in table.iterrows()}
         for (r, c), v in ((rc, values[rc]) for rc in product(range(values.shape[0]), range(values.shape[1]))):
+            g = cells.get((methods[r], ratios[c]))
             text = "–" if pd.isna(v) else f"{v:+.2f}"
+            if g is not None and g.noisy:
+                text += f"\n± {g.se:.2f}"
+                if g.side() == 0:
+                    ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, linestyle=":", linewidth=1.0,
+                                           edgecolor="0.2"))
             ax.text(c, r, text, ha="center", va="center", fontsize=6.5,
                     color="white" if pd.notna(v) and abs(v) > 0.6 * limit else "0.1")
         ax.set_xticks(range(len(ratios)), [f"{r:g}" for r in ratios])
@@ -252,7 +276,7 @@ def _bars(ax, groups: pd.DataFrame, pruned_col: str, scratch_col: str) -> None:
     width = 0.38
     for x, (_, row) in enumerate(groups.iterrows()):
         color = method_color(row["method"])
-        err = {col: row.get(f"{col}_std") for col in (pruned_col, scratch_col)}
+        err = {col: row.get(f"{col}_se") for col in (pruned_col, scratch_col)}
         err = {col: None if v is None or pd.isna(v) else v for col, v in err.items()}
         if pd.notna(row[pruned_col]):
             ax.bar(x - width / 2, row[pruned_col], width, color=color, edgecolor=color, yerr=err[pruned_col],
@@ -268,7 +292,7 @@ def _bar_row(axes, panels: list[pd.DataFrame], cols: tuple[str, str], ylabel: st
     values = []
     for g in panels:
         for col in cols:
-            std = g[f"{col}_std"].fillna(0.0) if f"{col}_std" in g else 0.0
+            std = g[f"{col}_se"].fillna(0.0) if f"{col}_se" in g else 0.0
             values += list((g[col] + std).dropna()) + list((g[col] - std).dropna())
     if reference is not None and pd.notna(reference):
         values.append(reference)
@@ -296,6 +320,8 @@ def plot_setting2(table: pd.DataFrame, labels: dict[str, str], parent_loss: floa
         log.info("setting2: skipped %s at r=%g: neither P-R_N nor S_{P+N} was evaluated", row.method, row.ratio)
     table = table[has_run].assign(**{c: table[c] * 100 for c in ("retrain_acc", "scratch_total_acc",
                                                                   "retrain_acc_std", "scratch_total_acc_std")})
+    table = table.assign(**{f"{arm}_{m}_se": se_of_mean(table[f"{arm}_{m}_std"], table[f"{arm}_n"]).to_numpy()
+                            for arm in ("retrain", "scratch_total") for m in ("loss", "acc")})
     ratios = sorted(table.ratio.unique())
     panels = [table[table.ratio == r].reset_index(drop=True) for r in ratios]
     with plt.rc_context(STYLE):

@@ -2,7 +2,7 @@
 # the package pvs is installed into the environment (pyproject.toml; the Makefile's venv, envs/environment.yaml)
 import sys
 
-from pvs.config import ConfigError, validate_config, write_resolved_config
+from pvs.config import ConfigError, result_recipe, validate_config, write_resolved_config
 from pvs.prune.registry import method_options
 from pvs.study import TRAINED_ARMS, Run, canonical_budget, runs
 from pvs.budget import format_tokens, parse_tokens

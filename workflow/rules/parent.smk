@@ -13,7 +13,7 @@ if config["parent"]["source"] == "train":
         params:
             tokens=PARENT_TOKENS,
             arch=config["parent"]["arch"],
-            recipe=config["train"],
+            recipe=result_recipe(config["train"]),
             seed=config["seed"],
         log:
             f"{R}/logs/train/parent.log",

@@ -24,7 +24,7 @@ rule train_child:
         directory(f"{R}/models/{{arm}}/{{method}}/r{{ratio}}/N{{budget}}{{replica}}"),
     params:
         tokens=child_tokens_arg,
-        recipe=config["train"],
+        recipe=result_recipe(config["train"]),
         seed=child_seed,
     log:
         f"{R}/logs/train/{{arm}}/{{method}}/r{{ratio}}/N{{budget}}{{replica}}.log",

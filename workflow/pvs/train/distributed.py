@@ -12,7 +12,7 @@ What the trainer gets from here:
     stay exactly zero on every shard;
   * ``full_model_state`` / ``full_optimizer_tensors`` / ``load_full_state``: checkpoints as full
     (unsharded) tensors, gathered to every rank and written by rank 0, so a run resumes with any number
-    of processes; ``mean()``: a number averaged over ranks; ``average_grads_()``: gradients of replicated
+    of processes; ``mean()`` / ``total()``: a number averaged / summed over ranks; ``average_grads_()``: gradients of replicated
     parameters (Sheared-LLaMA's masks and multipliers) averaged over ranks; ``current()``: the joined group.
 Each rank reads its share (every world-th window) of each step's global batch; FSDP2 averages the
 gradients, so the update equals one process reading the whole batch.
@@ -146,12 +146,17 @@ def load_full_state(model, optimizer, model_state: dict, optimizer_tensors: dict
                              options=options)
 
 
-def mean(value: float, ctx: Dist) -> float:
-    """``value`` averaged over ranks (itself in one process)."""
+def total(value: float, ctx: Dist) -> float:
+    """``value`` summed over ranks, in float64 (itself in one process)."""
     if not ctx.sharded:
         return value
     t = torch.tensor([value], dtype=torch.float64)
     if dist.get_backend() == "nccl":
         t = t.cuda()
     dist.all_reduce(t)
-    return float(t.item()) / ctx.world
+    return float(t.item())
+
+
+def mean(value: float, ctx: Dist) -> float:
+    """``value`` averaged over ranks (itself in one process)."""
+    return total(value, ctx) / ctx.world

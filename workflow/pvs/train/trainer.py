@@ -36,9 +36,9 @@ from tqdm import tqdm
 
 from pvs.train import checkpoint, distributed
 from pvs.budget import format_tokens, parse_tokens, steps_for_budget
-from pvs.config import load_config, validate_config
-from pvs.modeling import (apply_masks_, count_params, init_weights_, llama_config, load_masks, load_model,
-                          load_tokenizer, pick_device, save_model, write_json)
+from pvs.config import RUN_ONLY_TRAIN_KEYS, load_config, result_recipe, validate_config
+from pvs.modeling import (apply_masks_, count_params, freeze_forced_biases_, init_weights_, llama_config, load_masks,
+                          load_model, load_tokenizer, mask_grads_, pick_device, save_model, write_json)
 from pvs.data.tokens import TokenStream, load_split, read_manifest, spread_windows
 from pvs.study import ARMS, TRAINER_ARMS, Arm
 from pvs.versions import library_versions
@@ -71,7 +71,12 @@ def lr_at(step: int, total_steps: int, recipe: dict) -> float:
 
 
 def build_model(arm: Arm, init: str | None, cfg: dict, vocab_size: int, eos_id: int, seed: int):
-    """The starting model and its masks (None for dense) for an arm."""
+    """The starting model and its masks (None for dense) for an arm.
+
+    A retrained child keeps its weights; of FLAP's biases only the compensation ones (o_proj, down_proj)
+    train, the zero q/k/v/gate/up biases that stock LlamaConfig forces on are frozen. A scratch twin
+    takes the child's shape (and mask) as a plain Llama: no biases, whatever the child carries.
+    """
     if arm.init == "random":
         config = llama_config(cfg["parent"]["arch"], vocab_size, eos_id, eos_id)
         masks = None
@@ -80,8 +85,11 @@ def build_model(arm: Arm, init: str | None, cfg: dict, vocab_size: int, eos_id: 
             raise ValueError("--init is required for arms that start from a pruned model")
         masks = load_masks(init)
         if arm.init == "weights":
-            return load_model(init), masks
+            model = load_model(init)
+            freeze_forced_biases_(model)
+            return model, masks
         config = AutoConfig.from_pretrained(init)
+        config.attention_bias = config.mlp_bias = False
     model = LlamaForCausalLM(config)
     init_seed = seed * 1000 + arm.init_stream
     init_weights_(model, cfg["train"]["init_std"], torch.Generator().manual_seed(init_seed))
@@ -89,23 +97,38 @@ def build_model(arm: Arm, init: str | None, cfg: dict, vocab_size: int, eos_id: 
 
 
 def make_optimizer(model: torch.nn.Module, recipe: dict) -> torch.optim.AdamW:
-    """AdamW with decoupled weight decay on matrices only (not on norms or biases)."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    """AdamW with decoupled weight decay on matrices only (not on norms or biases); frozen parameters left out."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trained if p.ndim >= 2]
+    no_decay = [p for p in trained if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": recipe["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=recipe["lr"], betas=tuple(recipe["betas"]), eps=recipe["eps"])
 
 
 @torch.no_grad()
-def validation_loss(model, windows: torch.Tensor, batch_size: int, autocast) -> float:
+def validation_loss(model, windows: torch.Tensor, micro_batch: int, autocast,
+                    ctx: distributed.Dist = distributed.Dist()) -> float:
+    """Mean next-token loss (nats per predicted token) over ``windows``, in micro-batches of ``micro_batch``.
+
+    Under torchrun each rank scores its share (every world-th window) and the summed losses are reduced
+    over ranks, so the value is the one process's. Every rank runs the same number of forward passes
+    (FSDP2 gathers parameters in each); a rank short of windows scores a stand-in with weight zero.
+    """
     model.eval()
-    total = 0.0
-    for i in range(0, len(windows), batch_size):
-        x = windows[i:i + batch_size]
+    mine = windows[ctx.rank::ctx.world]
+    passes = math.ceil(math.ceil(len(windows) / ctx.world) / micro_batch)
+    total = torch.zeros((), dtype=torch.float64)
+    for i in range(passes):
+        x = mine[i * micro_batch:(i + 1) * micro_batch]
+        weight = 1.0 if len(x) else 0.0
+        x = x if len(x) else windows[:1]
         with autocast():
-            total += model(input_ids=x, labels=x).loss.item() * len(x)
+            logits = model(input_ids=x).logits
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)),
+                                                x[:, 1:].reshape(-1), reduction="sum")
+        total += weight * nll.double().cpu()
     model.train()
-    return total / len(windows)
+    return distributed.total(float(total), ctx) / (len(windows) * (windows.shape[1] - 1))
 
 
 class MetricsLog:
@@ -163,6 +186,16 @@ def _prepare_model(args, cfg, ctx, arm, manifest, seed, device):
     return model, distributed.shard_masks(model, masks), masks
 
 
+def _signature(args, arm_tokens: int, steps: int, seed: int, recipe: dict, manifest: dict) -> dict:
+    """What decides a run's result; a checkpoint resumes only into the same signature.
+
+    The recipe enters without its run-only keys (pvs.config.RUN_ONLY_TRAIN_KEYS: checkpoint interval,
+    logging, micro-batch, activation checkpointing, compile), so changing those resumes the checkpoint.
+    """
+    return {"arm": args.arm, "tokens": arm_tokens, "steps": steps, "seed": seed, "init": args.init,
+            "recipe": result_recipe(recipe), "data": manifest["splits"]}
+
+
 def _resume_state(ckpt_dir: Path, signature: dict, ctx) -> dict | None:
     state = checkpoint.load_state(ckpt_dir)
     if state is not None and state["signature"] != json.loads(json.dumps(signature)):
@@ -197,8 +230,7 @@ def _train(args: argparse.Namespace, cfg: dict, ctx: distributed.Dist) -> dict:
 
     model, masks, dense_masks = _prepare_model(args, cfg, ctx, arm, manifest, seed, device)
     optimizer = make_optimizer(model, recipe)
-    signature = {"arm": args.arm, "tokens": tokens, "steps": steps, "seed": seed, "init": args.init,
-                 "recipe": recipe, "data": manifest["splits"]}
+    signature = _signature(args, tokens, steps, seed, recipe, manifest)
     ckpt_dir = Path(args.ckpt or str(args.out).rstrip("/") + ".ckpt")
     state = _resume_state(ckpt_dir, signature, ctx)
     start_step = 0
@@ -214,7 +246,7 @@ def _train(args: argparse.Namespace, cfg: dict, ctx: distributed.Dist) -> dict:
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     step_fn = torch.compile(model) if recipe["compile"] else model
     if start_step == 0:
-        loss0 = validation_loss(model, val, batch_size, autocast)
+        loss0 = validation_loss(model, val, micro, autocast, ctx)
         if log:
             log.write({"step": 0, "tokens": 0, "val_loss": loss0})
 
@@ -236,6 +268,7 @@ def _train(args: argparse.Namespace, cfg: dict, ctx: distributed.Dist) -> dict:
             loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
             (loss * (micro / local)).backward()
             local_loss += loss.item() * micro / local
+        mask_grads_(model, masks)                  # pruned positions: no gradient, no clip share, no moments
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe["grad_clip"])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -246,7 +279,7 @@ def _train(args: argparse.Namespace, cfg: dict, ctx: distributed.Dist) -> dict:
                   "grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
                   "tok_per_s": batch_size * seq_len / max(time.time() - tick, 1e-9)}
         if seen // eval_every > (seen - batch_size * seq_len) // eval_every or step + 1 == steps:
-            record["val_loss"] = validation_loss(model, val, batch_size, autocast)
+            record["val_loss"] = validation_loss(model, val, micro, autocast, ctx)
         if log:
             log.write(record)
         progress.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}", refresh=False)
@@ -283,7 +316,8 @@ def finish(args, cfg, model, masks, log: MetricsLog, ckpt_dir: Path, signature: 
     shutil.copy(log.path, out / "metrics.jsonl")
     if args.init and (Path(args.init) / "meta.json").exists():
         shutil.copy(Path(args.init) / "meta.json", out / "meta.json")
-    meta = {**signature, "tokens_seen": records[-1]["tokens"], "final_train_loss": sum(tail) / len(tail),
+    meta = {**signature, "run_options": {key: cfg["train"][key] for key in RUN_ONLY_TRAIN_KEYS},
+            "tokens_seen": records[-1]["tokens"], "final_train_loss": sum(tail) / len(tail),
             "final_val_loss": next(r["val_loss"] for r in reversed(records) if "val_loss" in r),
             "params": count_params(model, masks), "seconds_this_run": seconds, "resumed_from_step": start_step,
             "processes": processes, "versions": library_versions(), "study": cfg["study"]}

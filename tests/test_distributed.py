@@ -104,6 +104,26 @@ def test_sparse_masks_stay_exact_under_sharding(byte_splits, config, tmp_path):
     assert load_file(str(tmp_path / "retrain" / MASKS_FILE)).keys() == masks.keys()
 
 
+def test_sharded_start_up_loads_a_child_like_one_process(byte_splits, config, tmp_path):
+    """Under torchrun the child is built on the meta device, sharded, then loaded (rank 0 reads and
+    broadcasts): a FLAP child retrains like one process, its forced q/k/v/gate/up biases frozen at zero."""
+    from test_train import flap_child
+
+    train(1, byte_splits, tmp_path / "parent", config, "--arm", "parent", "--tokens", 512)
+    flap_child(tmp_path / "parent", byte_splits, tmp_path / "flap")
+    run = ["--arm", "retrain", "--tokens", 1024, "--init", tmp_path / "flap"]
+    train(1, byte_splits, tmp_path / "one", config, *run)
+    train(2, byte_splits, tmp_path / "two", config, *run)
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
+    assert val_losses(tmp_path / "two") == pytest.approx(val_losses(tmp_path / "one"), rel=1e-4)
+    one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert one.keys() == two.keys()
+    for name, w in two.items():
+        assert torch.allclose(w, one[name], rtol=1e-3, atol=1e-4), name
+        if name.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias", "gate_proj.bias", "up_proj.bias")):
+            assert torch.all(w == 0), name
+
+
 def test_multi_node_launcher_runs_one_torchrun_per_node(byte_splits, config, tmp_path):
     """The workflow's srun + torchrun command, on a stand-in 2-node allocation (tests/slurm_standin/srun)."""
     from pvs.config import validate_config

@@ -111,6 +111,29 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
     return model.to(device)
 
 
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of an HF checkpoint directory (one ``model.safetensors`` or an index of shards), on the CPU."""
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else \
+        ["model.safetensors"]
+    state = {}
+    for name in files:
+        state.update(load_file(str(path / name)))
+    return state
+
+
+@torch.no_grad()
+def rebuild_rotary_(model: torch.nn.Module, device: torch.device | str) -> None:
+    """Recompute the RoPE buffers (``inv_freq``, not saved in checkpoints) of a model built on the meta
+    device, after ``to_empty`` left them uninitialized; every other buffer-free module is untouched."""
+    rotary = model.model.rotary_emb
+    model.model.rotary_emb = type(rotary)(config=model.config).to(device)
+    leftover = [name for name, _ in model.named_buffers() if "rotary_emb" not in name]
+    if leftover:
+        raise RuntimeError(f"buffers not rebuilt after a meta-device build: {leftover}")
+
+
 def load_tokenizer(path: str | os.PathLike):
     return AutoTokenizer.from_pretrained(str(path))
 

@@ -5,6 +5,9 @@
 
 What the trainer gets from here:
   * ``setup()``: the process group (NCCL on GPUs, gloo on CPUs) from torchrun's environment;
+  * start-up (in the trainer): the model is built on the meta device, ``shard()``-ed, materialized with
+    ``to_empty``, then initialized tensor by tensor or loaded with ``load_full_model_state`` (rank 0 reads
+    the checkpoint and broadcasts), so no rank holds a full copy of it;
   * ``shard()``: every decoder layer and then the root sharded with ``fully_shard``; with bf16 (GPU, or CPU in tests) the
     parameters are cast to bf16 for compute while the sharded fp32 copies stay the master weights and
     gradients are reduced in fp32; optional activation checkpointing (transformers' per-layer one);
@@ -126,6 +129,13 @@ def full_optimizer_tensors(model, optimizer) -> dict[str, torch.Tensor]:
     state = get_optimizer_state_dict(model, optimizer, options=_options()).get("state", {})   # {} off rank 0
     return {f"{key}.{name}": (value if torch.is_tensor(value) else torch.tensor(value))
             for name, entry in state.items() for key, value in entry.items()}
+
+
+def load_full_model_state(model, model_state: dict) -> None:
+    """Load full (unsharded) weights, read on rank 0 only ({} elsewhere), into a sharded model: rank 0
+    broadcasts each tensor and every rank keeps its shard (a collective)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    set_model_state_dict(model, model_state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
 def load_full_state(model, optimizer, model_state: dict, optimizer_tensors: dict) -> None:

@@ -15,7 +15,9 @@ Data order: the run's windows (the first ``steps x batch`` windows of its stream
 every seed) are visited in a permutation drawn from its seed; the seed also draws a scratch model's init.
 
 The recipe is the paper's (AdamW, 5% warm-up, cosine to 10%, clip 1.0). Budgets are tokens; steps are
-derived once and printed. Sparse masks are re-applied after every optimizer step. ``--ckpt`` holds
+derived once and printed. Sparse arms zero the gradients of pruned weights before clipping and re-apply
+their masks after every optimizer step. Under torchrun the model is built on the meta device, sharded, then
+initialized or loaded (rank 0 reads, broadcasts); no rank holds a full copy. ``--ckpt`` holds
 resumable checkpoints (model, optimizer, RNG, step, data position); re-running the same command
 resumes from the latest one and reaches the same final weights as an uninterrupted run.
 """
@@ -38,7 +40,8 @@ from pvs.train import checkpoint, distributed
 from pvs.budget import format_tokens, parse_tokens, steps_for_budget
 from pvs.config import RUN_ONLY_TRAIN_KEYS, load_config, result_recipe, validate_config
 from pvs.modeling import (apply_masks_, count_params, freeze_forced_biases_, init_weights_, llama_config, load_masks,
-                          load_model, load_tokenizer, mask_grads_, pick_device, save_model, write_json)
+                          load_model, load_tokenizer, mask_grads_, pick_device, read_state_dict, rebuild_rotary_,
+                          save_model, write_json)
 from pvs.data.tokens import TokenStream, load_split, read_manifest, spread_windows
 from pvs.study import ARMS, TRAINER_ARMS, Arm
 from pvs.versions import library_versions
@@ -70,29 +73,40 @@ def lr_at(step: int, total_steps: int, recipe: dict) -> float:
     return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def build_model(arm: Arm, init: str | None, cfg: dict, vocab_size: int, eos_id: int, seed: int):
-    """The starting model and its masks (None for dense) for an arm.
+def model_config(arm: Arm, init: str | None, cfg: dict, vocab_size: int, eos_id: int):
+    """The starting model's config and its masks (None for dense) for an arm.
 
-    A retrained child keeps its weights; of FLAP's biases only the compensation ones (o_proj, down_proj)
-    train, the zero q/k/v/gate/up biases that stock LlamaConfig forces on are frozen. A scratch twin
-    takes the child's shape (and mask) as a plain Llama: no biases, whatever the child carries.
+    A scratch twin takes the child's shape (and mask) as a plain Llama: no biases, whatever the child
+    (a FLAP child with compensation) carries.
     """
     if arm.init == "random":
-        config = llama_config(cfg["parent"]["arch"], vocab_size, eos_id, eos_id)
-        masks = None
-    else:
-        if init is None:
-            raise ValueError("--init is required for arms that start from a pruned model")
-        masks = load_masks(init)
-        if arm.init == "weights":
-            model = load_model(init)
-            freeze_forced_biases_(model)
-            return model, masks
-        config = AutoConfig.from_pretrained(init)
+        return llama_config(cfg["parent"]["arch"], vocab_size, eos_id, eos_id), None
+    if init is None:
+        raise ValueError("--init is required for arms that start from a pruned model")
+    config = AutoConfig.from_pretrained(init)
+    if arm.init != "weights":
         config.attention_bias = config.mlp_bias = False
+    return config, load_masks(init)
+
+
+def init_generator(arm: Arm, seed: int) -> torch.Generator:
+    """The generator a randomly initialized arm draws its weights from."""
+    return torch.Generator().manual_seed(seed * 1000 + arm.init_stream)
+
+
+def build_model(arm: Arm, init: str | None, cfg: dict, vocab_size: int, eos_id: int, seed: int):
+    """The starting model (full, on the CPU) and its masks for an arm, in one process.
+
+    A retrained child keeps its weights; of FLAP's biases only the compensation ones (o_proj, down_proj)
+    train, the zero q/k/v/gate/up biases that stock LlamaConfig forces on are frozen.
+    """
+    config, masks = model_config(arm, init, cfg, vocab_size, eos_id)
+    if arm.init == "weights":
+        model = load_model(init)
+        freeze_forced_biases_(model)
+        return model, masks
     model = LlamaForCausalLM(config)
-    init_seed = seed * 1000 + arm.init_stream
-    init_weights_(model, cfg["train"]["init_std"], torch.Generator().manual_seed(init_seed))
+    init_weights_(model, cfg["train"]["init_std"], init_generator(arm, seed))
     return model, masks
 
 
@@ -172,18 +186,39 @@ def _batch_geometry(recipe: dict, ctx: distributed.Dist) -> tuple[int, int]:
 
 
 def _prepare_model(args, cfg, ctx, arm, manifest, seed, device):
-    """The starting model on ``device`` (sharded under torchrun), its masks (as the parameters) and dense masks."""
+    """The starting model on ``device``, its masks (placed like the parameters) and the dense masks.
+
+    Under torchrun no rank builds or loads a full copy: the model is built on the meta device, sharded
+    (FSDP2), materialized shard by shard, then initialized (every rank draws each tensor from the same
+    generator and keeps its shard, so the weights equal one process's) or loaded (rank 0 reads the
+    safetensors and broadcasts, pvs.train.distributed.load_full_model_state).
+    """
     recipe = cfg["train"]
     torch.manual_seed(seed)
-    model, masks = build_model(arm, args.init, cfg, manifest["vocab_size"], manifest["eos_id"], seed)
-    model.to(device).train()
-    apply_masks_(model, masks)
-    if ctx.sharded:
-        distributed.shard(model, bf16=recipe["precision"] == "bf16",
-                          activation_checkpointing=recipe["activation_checkpointing"])
-    elif recipe["activation_checkpointing"]:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return model, distributed.shard_masks(model, masks), masks
+    if not ctx.sharded:
+        model, masks = build_model(arm, args.init, cfg, manifest["vocab_size"], manifest["eos_id"], seed)
+        model.to(device).train()
+        apply_masks_(model, masks)
+        if recipe["activation_checkpointing"]:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model, masks, masks
+    config, masks = model_config(arm, args.init, cfg, manifest["vocab_size"], manifest["eos_id"])
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    if arm.init == "weights":
+        freeze_forced_biases_(model)
+    distributed.shard(model, bf16=recipe["precision"] == "bf16",
+                      activation_checkpointing=recipe["activation_checkpointing"])
+    model.to_empty(device=device)
+    rebuild_rotary_(model, device)
+    if arm.init == "weights":
+        distributed.load_full_model_state(model, read_state_dict(args.init) if ctx.main else {})
+    else:
+        init_weights_(model, recipe["init_std"], init_generator(arm, seed))
+    model.train()
+    sharded_masks = distributed.shard_masks(model, masks)
+    apply_masks_(model, sharded_masks)
+    return model, sharded_masks, masks
 
 
 def _signature(args, arm_tokens: int, steps: int, seed: int, recipe: dict, manifest: dict) -> dict:
@@ -297,8 +332,10 @@ def _train(args: argparse.Namespace, cfg: dict, ctx: distributed.Dist) -> dict:
         if not ctx.main:
             torch.distributed.barrier()
             return {}
-        final = LlamaForCausalLM(model.config)
-        final.load_state_dict(full)
+        with torch.device("meta"):                 # rank 0 holds the gathered copy only, as the parameters
+            final = LlamaForCausalLM(model.config)
+        final.load_state_dict(full, assign=True)
+        rebuild_rotary_(final, "cpu")
     meta = finish(args, cfg, final, dense_masks, log, ckpt_dir, signature, seconds, start_step, ctx.world)
     if ctx.sharded:
         torch.distributed.barrier()

@@ -1,6 +1,7 @@
 """Config validation: defaults are filled, and every kind of bad value fails with the key and value named."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +98,21 @@ def test_seeds_replicate_setting1_at_the_main_budget():
         validate_config({**raw, "budgets": {**raw["budgets"], "setting3_ratios": [0.7]}})
     with pytest.raises(ConfigError, match="seeds = 0"):
         validate_config({**raw, "seeds": 0})
+
+
+def test_run_only_train_keys_are_one_fact_left_out_of_results_and_rule_params():
+    """pvs.config.RUN_ONLY_TRAIN_KEYS: the result recipe (checkpoint signature, train rules' params) omits
+    them, so changing one re-runs no job and keeps checkpoints; every rule passes the result recipe."""
+    from pvs.config import RUN_ONLY_TRAIN_KEYS, result_recipe
+
+    train = validate_config({})["train"]
+    assert set(RUN_ONLY_TRAIN_KEYS) <= set(train)
+    assert set(result_recipe(train)) == set(train) - set(RUN_ONLY_TRAIN_KEYS)
+    assert {"lr", "batch_size", "seq_len", "precision", "init_std"} <= set(result_recipe(train))
+    changed = validate_config({"train": {"checkpoint_every": 7, "eval_every_tokens": "1k",
+                                         "micro_batch_size": 1, "activation_checkpointing": True,
+                                         "compile": True}})["train"]
+    assert result_recipe(changed) == result_recipe(train)
+    rules = "\n".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
+    assert not re.search(r'=\s*config\["train"\]\s*,', rules)            # no rule depends on the whole section
+    assert rules.count('recipe=result_recipe(config["train"])') >= 2     # parent and child training

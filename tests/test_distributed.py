@@ -46,6 +46,11 @@ def losses(out: Path) -> list[float]:
     return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
 
+def val_losses(out: Path) -> list[float]:
+    return [r["val_loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+            if "val_loss" in r]
+
+
 def weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(str(out / "model.safetensors"))
 
@@ -57,6 +62,11 @@ def test_two_processes_follow_one_process_and_resume(byte_splits, config, tmp_pa
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(one) == len(two) == 16 and one[-1] < one[0] - 0.5
     assert two == pytest.approx(one, rel=1e-4)
+    # in-training validation: each rank scores half the windows in micro-batches; the reduced mean is one
+    # process's (the step-0 value, before any update, to float64-summation precision)
+    assert len(val_losses(tmp_path / "two")) == len(val_losses(tmp_path / "one")) == 3
+    assert val_losses(tmp_path / "two")[0] == pytest.approx(val_losses(tmp_path / "one")[0], rel=1e-6)
+    assert val_losses(tmp_path / "two") == pytest.approx(val_losses(tmp_path / "one"), rel=1e-4)
     for name, w in weights(tmp_path / "one").items():
         assert torch.allclose(w, weights(tmp_path / "two")[name], rtol=1e-3, atol=1e-4), name
     # gradient accumulation: 2 processes x 2 micro-batches of 1 window = the same global batch of 4; with
@@ -64,6 +74,7 @@ def test_two_processes_follow_one_process_and_resume(byte_splits, config, tmp_pa
     train(2, byte_splits, tmp_path / "accum", write_config(tmp_path / "accum.yaml", micro_batch_size=1,
                                                            activation_checkpointing=True), *run)
     assert losses(tmp_path / "accum") == pytest.approx(one, rel=1e-4)
+    assert val_losses(tmp_path / "accum") == pytest.approx(val_losses(tmp_path / "one"), rel=1e-4)   # 1 window a pass
     # interrupted after 5 steps and restarted: the same run, still with 2 processes
     train(2, byte_splits, tmp_path / "resumed", config, *run, "--stop-after-steps", 5)
     assert not (tmp_path / "resumed").exists() and (tmp_path / "resumed.ckpt" / "latest").exists()
@@ -78,13 +89,39 @@ def test_sparse_masks_stay_exact_under_sharding(byte_splits, config, tmp_path):
 
     train(1, byte_splits, tmp_path / "parent", config, "--arm", "parent", "--tokens", 512)
     masks = sparse_child(tmp_path / "parent", tmp_path / "child")
-    train(2, byte_splits, tmp_path / "retrain", config, "--arm", "retrain", "--tokens", 1024,
-          "--init", tmp_path / "child")
+    run = ["--arm", "retrain", "--tokens", 1024, "--init", tmp_path / "child"]
+    train(2, byte_splits, tmp_path / "retrain", config, *run, "--stop-after-steps", 3)
+    ckpt = tmp_path / "retrain.ckpt"                     # gradients masked on every shard: no moments there
+    moments = load_file(str(ckpt / (ckpt / "latest").read_text().strip() / "optimizer.safetensors"))
+    for name, mask in masks.items():
+        assert torch.all(moments[f"exp_avg.{name}"][~mask] == 0) and torch.all(moments[f"exp_avg_sq.{name}"][~mask] == 0)
+        assert torch.all(moments[f"exp_avg_sq.{name}"][mask] > 0), name
+    train(2, byte_splits, tmp_path / "retrain", config, *run)
     trained = weights(tmp_path / "retrain")
     for name, mask in masks.items():
         assert torch.all(trained[name][~mask] == 0), name
         assert torch.all(trained[name][mask] != 0), name
     assert load_file(str(tmp_path / "retrain" / MASKS_FILE)).keys() == masks.keys()
+
+
+def test_sharded_start_up_loads_a_child_like_one_process(byte_splits, config, tmp_path):
+    """Under torchrun the child is built on the meta device, sharded, then loaded (rank 0 reads and
+    broadcasts): a FLAP child retrains like one process, its forced q/k/v/gate/up biases frozen at zero."""
+    from test_train import flap_child
+
+    train(1, byte_splits, tmp_path / "parent", config, "--arm", "parent", "--tokens", 512)
+    flap_child(tmp_path / "parent", byte_splits, tmp_path / "flap")
+    run = ["--arm", "retrain", "--tokens", 1024, "--init", tmp_path / "flap"]
+    train(1, byte_splits, tmp_path / "one", config, *run)
+    train(2, byte_splits, tmp_path / "two", config, *run)
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
+    assert val_losses(tmp_path / "two") == pytest.approx(val_losses(tmp_path / "one"), rel=1e-4)
+    one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert one.keys() == two.keys()
+    for name, w in two.items():
+        assert torch.allclose(w, one[name], rtol=1e-3, atol=1e-4), name
+        if name.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias", "gate_proj.bias", "up_proj.bias")):
+            assert torch.all(w == 0), name
 
 
 def test_multi_node_launcher_runs_one_torchrun_per_node(byte_splits, config, tmp_path):

@@ -157,3 +157,128 @@ def test_tokens_from_a_setting3_budget_file(byte_splits, config_file, tmp_path):
     budget.write_text(json.dumps({"tokens": "lots"}))
     with pytest.raises(ValueError, match="budget.json: needs a positive integer 'tokens'"):
         train.train(train.parse_args(argv), validate_config(yaml.safe_load(open(config_file))))
+
+
+def test_scratch_init_is_a_real_truncated_normal():
+    """Sampled from N(0, std) restricted to +-2 std (not clamped): nothing at the cut, std 0.8796 x 0.02."""
+    from pvs.modeling import llama_config, new_model
+
+    config = llama_config({**SMALL, "hidden_size": 128, "intermediate_size": 384, "rope_theta": 1e4}, 512, 0, 0)
+    std = 0.02
+    model = new_model(config, std, seed=3)
+    matrices = torch.cat([p.detach().flatten() for p in model.parameters() if p.ndim >= 2])
+    assert matrices.numel() > 200_000
+    assert not torch.any(matrices.abs() == torch.tensor(2 * std, dtype=torch.float32))
+    assert matrices.abs().max() < 2 * std
+    assert matrices.std().item() == pytest.approx(std * 0.8796, rel=0.02)
+    assert abs(matrices.mean().item()) < 1e-4
+    again = new_model(config, std, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))   # seeded
+    assert not torch.equal(model.lm_head.weight, new_model(config, std, seed=4).lm_head.weight)
+
+
+def test_sparse_gradients_are_masked_before_clipping(byte_splits, config_file, tmp_path, monkeypatch):
+    """Gradients of pruned weights are zero when the clip sees them (so the logged norm covers only kept
+    weights), and AdamW's moments at pruned positions stay exactly zero."""
+    parent = tmp_path / "parent"
+    run("parent", 512, byte_splits, parent, config_file)
+    child = tmp_path / "child"
+    masks = sparse_child(parent, child)
+    seen = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def checking_clip(parameters, max_norm, *a, **k):
+        parameters = list(parameters)
+        grads = {id(p): p.grad for p in parameters if p.grad is not None}
+        seen.append((grads, torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(g) for g in grads.values()]))))
+        return clip(parameters, max_norm, *a, **k)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", checking_clip)
+    out = tmp_path / "retrain"
+    assert run("retrain", 2048, byte_splits, out, config_file, "--init", child,
+               "--stop-after-steps", 4) == {"stopped_at": 4}
+    monkeypatch.undo()
+    assert len(seen) == 4
+    # the parameters are those of the trainer's model: find each mask's gradient by shape and position
+    model = load_model(child)
+    names = [n for n, p in model.named_parameters()]
+    for grads, norm in seen:
+        by_name = dict(zip(names, grads.values()))
+        for name, mask in masks.items():
+            assert torch.all(by_name[name][~mask] == 0), name
+            assert torch.any(by_name[name][mask] != 0), name
+    records = [json.loads(line) for line in (tmp_path / "retrain.ckpt" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["grad_norm"] for r in records if "grad_norm" in r] == pytest.approx([float(n) for _, n in seen],
+                                                                                rel=1e-5)
+    ckpt = tmp_path / "retrain.ckpt"
+    moments = load_file(str(ckpt / (ckpt / "latest").read_text().strip() / "optimizer.safetensors"))
+    for name, mask in masks.items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.all(moments[f"{key}.{name}"][~mask] == 0), (key, name)
+            assert torch.all(moments["exp_avg_sq." + name][mask] > 0), name
+
+
+def test_run_only_options_keep_the_checkpoint(byte_splits, config_file, tmp_path):
+    """Changing checkpoint interval, logging, micro-batch, activation checkpointing or compile resumes the
+    checkpoint; changing the recipe (the learning rate) starts over."""
+    from pvs.config import RUN_ONLY_TRAIN_KEYS, result_recipe
+
+    out = tmp_path / "run"
+    assert run("parent", 2048, byte_splits, out, config_file, "--stop-after-steps", 5) == {"stopped_at": 5}
+    cfg = yaml.safe_load(config_file.read_text())
+    cfg["train"].update(checkpoint_every=7, eval_every_tokens=512, micro_batch_size=2,
+                        activation_checkpointing=True)
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(cfg))
+    before, after = (validate_config(yaml.safe_load(p.read_text()))["train"] for p in (config_file, changed))
+    assert before != after and result_recipe(before) == result_recipe(after)
+    assert {k for k in before if before[k] != after[k]} <= set(RUN_ONLY_TRAIN_KEYS)
+    meta = run("parent", 2048, byte_splits, out, changed)
+    assert meta["resumed_from_step"] == 5 and meta["tokens_seen"] == 2048
+    assert meta["run_options"]["checkpoint_every"] == 7 and "checkpoint_every" not in meta["recipe"]
+    # a result setting is part of the run's signature: the old checkpoint does not resume into it
+    other = tmp_path / "other"
+    assert run("parent", 2048, byte_splits, other, config_file, "--stop-after-steps", 5) == {"stopped_at": 5}
+    cfg["train"]["lr"] = 0.001
+    changed.write_text(yaml.safe_dump(cfg))
+    assert run("parent", 2048, byte_splits, other, changed)["resumed_from_step"] == 0
+
+
+def flap_child(parent_dir, data, out_dir):
+    """FLAP at 0.5 on a trained parent, with bias compensation, saved as an HF directory."""
+    from pvs.data.tokens import load_split, spread_windows
+    from pvs.prune import flap
+
+    model = load_model(parent_dir)
+    calib = torch.from_numpy(spread_windows(load_split(data, "calib"), 32, 8))
+    child = flap.prune(model, calib, 0.5, {"flap_bias_compensation": True}).model
+    child.save_pretrained(out_dir)
+    return child
+
+
+def test_flap_child_trains_only_its_compensation_biases(byte_splits, config_file, tmp_path):
+    """Retraining a FLAP child moves its o_proj / down_proj biases and keeps the q/k/v/gate/up biases that
+    stock LlamaConfig forces on exactly zero; its scratch twin is a plain Llama without biases."""
+    parent = tmp_path / "parent"
+    run("parent", 1024, byte_splits, parent, config_file)
+    child_dir = tmp_path / "flap"
+    child = flap_child(parent, byte_splits, child_dir)
+    assert child.config.attention_bias and child.config.mlp_bias
+    start = child.state_dict()
+    run("retrain", 1024, byte_splits, tmp_path / "retrain", config_file, "--init", child_dir)
+    trained = load_model(tmp_path / "retrain")
+    biases = {n: p for n, p in trained.named_parameters() if n.endswith(".bias")}
+    forced = [n for n in biases if n.split(".")[-2] in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")]
+    kept = [n for n in biases if n.split(".")[-2] in ("o_proj", "down_proj")]
+    assert len(forced) == 5 * SMALL["num_hidden_layers"] and len(kept) == 2 * SMALL["num_hidden_layers"]
+    for name in forced:
+        assert torch.all(biases[name] == 0), name
+    for name in kept:
+        assert not torch.equal(biases[name], start[name]), name           # the compensation trains
+    run("scratch", 1024, byte_splits, tmp_path / "scratch", config_file, "--init", child_dir)
+    scratch = load_model(tmp_path / "scratch")
+    assert not scratch.config.attention_bias and not scratch.config.mlp_bias
+    assert not [n for n, _ in scratch.named_parameters() if n.endswith(".bias")]
+    assert scratch.config.intermediate_size == child.config.intermediate_size
+    assert scratch.config.num_key_value_heads == child.config.num_key_value_heads

@@ -136,6 +136,18 @@ def test_changing_one_budget_reruns_only_its_dependents(smoke_run, tmp_path):
     assert job_counts(result.stdout) == {"train_child": 2 * n_methods, "evaluate": 2 * n_methods, "report": 1, "all": 1}
 
 
+def test_changing_run_only_train_options_reruns_nothing(smoke_run, tmp_path):
+    """pvs.config.RUN_ONLY_TRAIN_KEYS (checkpoint interval, logging, micro-batch, ...) are no rerun trigger."""
+    workdir, _ = smoke_run
+    changed = smoke_config(tmp_path / "run_only.yaml")
+    cfg = yaml.safe_load(changed.read_text())
+    cfg["train"].update(checkpoint_every=cfg["train"].get("checkpoint_every", 100) + 1,
+                        micro_batch_size=1, activation_checkpointing=True)
+    changed.write_text(yaml.safe_dump(cfg))
+    result = snakemake(workdir, changed, "-n")
+    assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
+
+
 def test_all_six_methods_run_through_the_dag(smoke_run):
     """Every registered method at r = 0.5 (main budget, setting 2), reusing the smoke study's data and parent."""
     workdir, _ = smoke_run

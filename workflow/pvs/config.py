@@ -28,6 +28,25 @@ class ConfigError(ValueError):
     """A config value is wrong; the message names the key and the value."""
 
 
+# ``train`` keys that change how a run executes or what it logs, never the weights it reaches: changing
+# one neither re-runs a Snakemake job (the train rules' params are ``result_recipe``) nor invalidates a
+# resumable checkpoint (the trainer's run signature holds ``result_recipe`` too). The one statement of it.
+#   checkpoint_every           when resumable checkpoints are written
+#   eval_every_tokens          how often the in-training validation loss is logged (metrics.jsonl)
+#   micro_batch_size           gradient accumulation: the same global batch in smaller pieces
+#   activation_checkpointing   recomputing activations in the backward pass (the same gradients)
+#   compile                    torch.compile of the model (the same function, fused)
+# (eval_windows is not run-only: the logged curves are the learning curves finding F0 reads, so every run
+# of a study must average the same windows.)
+RUN_ONLY_TRAIN_KEYS = ("checkpoint_every", "eval_every_tokens", "micro_batch_size", "activation_checkpointing",
+                       "compile")
+
+
+def result_recipe(train_cfg: dict) -> dict:
+    """The ``train`` settings that decide a run's result: every key but ``RUN_ONLY_TRAIN_KEYS``."""
+    return {key: value for key, value in train_cfg.items() if key not in RUN_ONLY_TRAIN_KEYS}
+
+
 def load_schema() -> dict:
     with open(SCHEMA_PATH) as f:
         return yaml.safe_load(f)

@@ -51,20 +51,50 @@ def llama_config(arch: dict, vocab_size: int, bos_id: int, eos_id: int) -> Llama
 
 @torch.no_grad()
 def init_weights_(model: torch.nn.Module, std: float, generator: torch.Generator | None = None) -> None:
-    """Re-initialize every weight: truncated normal (std, cut at 2 std) for matrices, ones for norms.
+    """Re-initialize every weight: truncated normal for matrices, ones for norms, zeros for biases.
 
-    Biases (FLAP's compensation biases, if any) are zeroed. Deterministic given ``generator``.
+    The truncated normal is the real one (mean 0, ``std`` before truncation, cut at +-2 std, i.e. sampled
+    from the normal restricted to [-2 std, 2 std] by inverse-CDF sampling, ``torch.nn.init.trunc_normal_``);
+    its standard deviation is 0.8796 std. Values are not clamped, so no entry sits at +-2 std. Every
+    tensor is drawn in fp32 on the CPU in parameter order, deterministic given ``generator``; a sharded
+    parameter (a DTensor) is filled from the same full draw, so a sharded model gets the same weights
+    as one process.
     """
     for name, p in model.named_parameters():
         if p.ndim >= 2:
             tmp = torch.empty(p.shape, dtype=torch.float32)
-            tmp.normal_(0.0, std, generator=generator)
-            tmp.clamp_(-2 * std, 2 * std)
-            p.copy_(tmp)
-        elif name.endswith("bias"):
-            p.zero_()
+            torch.nn.init.trunc_normal_(tmp, 0.0, std, -2 * std, 2 * std, generator=generator)
         else:
-            p.fill_(1.0)
+            tmp = torch.zeros(p.shape) if name.endswith("bias") else torch.ones(p.shape)
+        _copy_full_(p, tmp)
+
+
+def _copy_full_(p: torch.Tensor, full: torch.Tensor) -> None:
+    """Copy a full (unsharded) CPU tensor into ``p``, which may be a sharded DTensor."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(p, DTensor):
+        p.copy_(distribute_tensor(full.to(p.device_mesh.device_type), p.device_mesh, p.placements).to(p.dtype))
+    else:
+        p.copy_(full)
+
+
+TRAINED_BIASES = ("self_attn.o_proj.bias", "mlp.down_proj.bias")
+
+
+def freeze_forced_biases_(model: torch.nn.Module) -> list[str]:
+    """Freeze every bias but FLAP's compensation biases (o_proj, down_proj); returns the frozen names.
+
+    Stock ``LlamaConfig`` switches biases per block only (``attention_bias`` gives q, k, v and o a bias,
+    ``mlp_bias`` gives gate, up and down one), so a FLAP child carries zero q/k/v/gate/up biases that the
+    method never set; frozen, they stay exactly zero while the child is retrained.
+    """
+    frozen = []
+    for name, p in model.named_parameters():
+        if name.endswith(".bias") and not name.endswith(TRAINED_BIASES):
+            p.requires_grad_(False)
+            frozen.append(name)
+    return frozen
 
 
 def new_model(config: LlamaConfig, std: float, seed: int) -> LlamaForCausalLM:
@@ -79,6 +109,29 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
     """Load a checkpoint directory with the stock Auto class (no remote code)."""
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     return model.to(device)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of an HF checkpoint directory (one ``model.safetensors`` or an index of shards), on the CPU."""
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else \
+        ["model.safetensors"]
+    state = {}
+    for name in files:
+        state.update(load_file(str(path / name)))
+    return state
+
+
+@torch.no_grad()
+def rebuild_rotary_(model: torch.nn.Module, device: torch.device | str) -> None:
+    """Recompute the RoPE buffers (``inv_freq``, not saved in checkpoints) of a model built on the meta
+    device, after ``to_empty`` left them uninitialized; every other buffer-free module is untouched."""
+    rotary = model.model.rotary_emb
+    model.model.rotary_emb = type(rotary)(config=model.config).to(device)
+    leftover = [name for name, _ in model.named_buffers() if "rotary_emb" not in name]
+    if leftover:
+        raise RuntimeError(f"buffers not rebuilt after a meta-device build: {leftover}")
 
 
 def load_tokenizer(path: str | os.PathLike):
@@ -105,6 +158,23 @@ def load_masks(model_dir: str | os.PathLike) -> dict[str, torch.Tensor] | None:
     """The masks of a sparse child, or None for dense models."""
     path = Path(model_dir) / MASKS_FILE
     return load_file(str(path)) if path.exists() else None
+
+
+@torch.no_grad()
+def mask_grads_(model: torch.nn.Module, masks: dict[str, torch.Tensor] | None) -> None:
+    """Zero the gradients of masked weights in place (sparse arms, before clipping and the optimizer step).
+
+    The clip norm and the logged gradient norm then cover only kept weights, and AdamW's moments of the
+    pruned positions stay exactly zero (a zero gradient on a zero weight: decay and update are zero too).
+    ``masks`` may be DTensors placed like their (sharded) parameters (pvs.train.distributed.shard_masks).
+    """
+    if not masks:
+        return
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        grad = params[name].grad
+        if grad is not None:
+            grad.mul_(mask.to(device=grad.device, dtype=grad.dtype))
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from snakemake.settings.types import DeploymentMethod
 
-from pvs.config import ConfigError, validate_config, write_resolved_config
+from pvs.config import ConfigError, result_recipe, validate_config, write_resolved_config
 from pvs.prune.registry import method_options
 from pvs.prune.registry import record as method_record
 from pvs.study import data_epoch_errors

@@ -13,7 +13,7 @@ if config["parent"]["source"] == "train":
         params:
             tokens=PARENT_TOKENS,
             arch=config["parent"]["arch"],
-            recipe=config["train"],
+            recipe=result_recipe(config["train"]),
             seed=config["seed"],
         conda:
             "../../envs/environment.yaml"
@@ -75,7 +75,7 @@ rule train_child:
         directory(f"{R}/models/{{arm}}/{{method}}/r{{ratio}}/N{{budget}}{{replica}}"),
     params:
         tokens=child_tokens_arg,
-        recipe=config["train"],
+        recipe=result_recipe(config["train"]),
         seed=child_seed,
     conda:
         "../../envs/environment.yaml"

@@ -238,14 +238,22 @@ def shear(model: torch.nn.Module, calib: torch.Tensor, target: dict, options: di
 
 
 def gathered(model: torch.nn.Module, device: torch.device) -> torch.nn.Module | None:
-    """An unsharded copy of a sharded model on rank 0's ``device`` (None on other ranks); every rank calls it."""
+    """An unsharded copy of a sharded model on rank 0's ``device`` (None on other ranks); every rank calls it.
+
+    Rank 0 holds one full copy only: the gathered state dict (on its CPU) becomes the parameters of a model
+    built on the meta device (``assign=True``), instead of being copied into a freshly initialized one.
+    """
     from transformers import AutoModelForCausalLM
+
+    from pvs.modeling import rebuild_rotary_
 
     state = distributed.full_model_state(model)
     if not distributed.current().main:
         return None
-    full = AutoModelForCausalLM.from_config(model.config, dtype=next(iter(state.values())).dtype)
-    full.load_state_dict(state)
+    with torch.device("meta"):
+        full = AutoModelForCausalLM.from_config(model.config, dtype=next(iter(state.values())).dtype)
+    full.load_state_dict(state, assign=True)
+    rebuild_rotary_(full, "cpu")
     return full.to(device).eval()
 
 

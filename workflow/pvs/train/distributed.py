@@ -5,6 +5,9 @@
 
 What the trainer gets from here:
   * ``setup()``: the process group (NCCL on GPUs, gloo on CPUs) from torchrun's environment;
+  * start-up (in the trainer): the model is built on the meta device, ``shard()``-ed, materialized with
+    ``to_empty``, then initialized tensor by tensor or loaded with ``load_full_model_state`` (rank 0 reads
+    the checkpoint and broadcasts), so no rank holds a full copy of it;
   * ``shard()``: every decoder layer and then the root sharded with ``fully_shard``; with bf16 (GPU, or CPU in tests) the
     parameters are cast to bf16 for compute while the sharded fp32 copies stay the master weights and
     gradients are reduced in fp32; optional activation checkpointing (transformers' per-layer one);
@@ -12,7 +15,7 @@ What the trainer gets from here:
     stay exactly zero on every shard;
   * ``full_model_state`` / ``full_optimizer_tensors`` / ``load_full_state``: checkpoints as full
     (unsharded) tensors, gathered to every rank and written by rank 0, so a run resumes with any number
-    of processes; ``mean()``: a number averaged over ranks; ``average_grads_()``: gradients of replicated
+    of processes; ``mean()`` / ``total()``: a number averaged / summed over ranks; ``average_grads_()``: gradients of replicated
     parameters (Sheared-LLaMA's masks and multipliers) averaged over ranks; ``current()``: the joined group.
 Each rank reads its share (every world-th window) of each step's global batch; FSDP2 averages the
 gradients, so the update equals one process reading the whole batch.
@@ -128,6 +131,13 @@ def full_optimizer_tensors(model, optimizer) -> dict[str, torch.Tensor]:
             for name, entry in state.items() for key, value in entry.items()}
 
 
+def load_full_model_state(model, model_state: dict) -> None:
+    """Load full (unsharded) weights, read on rank 0 only ({} elsewhere), into a sharded model: rank 0
+    broadcasts each tensor and every rank keeps its shard (a collective)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    set_model_state_dict(model, model_state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+
 def load_full_state(model, optimizer, model_state: dict, optimizer_tensors: dict) -> None:
     """Shard full (unsharded) model and AdamW tensors, read on rank 0 only ({} elsewhere), into a sharded
     model and its optimizer: rank 0 broadcasts, so no other rank holds a full copy in memory."""
@@ -146,12 +156,17 @@ def load_full_state(model, optimizer, model_state: dict, optimizer_tensors: dict
                              options=options)
 
 
-def mean(value: float, ctx: Dist) -> float:
-    """``value`` averaged over ranks (itself in one process)."""
+def total(value: float, ctx: Dist) -> float:
+    """``value`` summed over ranks, in float64 (itself in one process)."""
     if not ctx.sharded:
         return value
     t = torch.tensor([value], dtype=torch.float64)
     if dist.get_backend() == "nccl":
         t = t.cuda()
     dist.all_reduce(t)
-    return float(t.item()) / ctx.world
+    return float(t.item())
+
+
+def mean(value: float, ctx: Dist) -> float:
+    """``value`` averaged over ranks (itself in one process)."""
+    return total(value, ctx) / ctx.world

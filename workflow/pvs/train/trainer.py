@@ -15,7 +15,9 @@ Data order: the run's windows (the first ``steps x batch`` windows of its stream
 every seed) are visited in a permutation drawn from its seed; the seed also draws a scratch model's init.
 
 The recipe is the paper's (AdamW, 5% warm-up, cosine to 10%, clip 1.0). Budgets are tokens; steps are
-derived once and printed. Sparse masks are re-applied after every optimizer step. ``--ckpt`` holds
+derived once and printed. Sparse arms zero the gradients of pruned weights before clipping and re-apply
+their masks after every optimizer step. Under torchrun the model is built on the meta device, sharded, then
+initialized or loaded (rank 0 reads, broadcasts); no rank holds a full copy. ``--ckpt`` holds
 resumable checkpoints (model, optimizer, RNG, step, data position); re-running the same command
 resumes from the latest one and reaches the same final weights as an uninterrupted run.
 """
@@ -36,9 +38,10 @@ from tqdm import tqdm
 
 from pvs.train import checkpoint, distributed
 from pvs.budget import format_tokens, parse_tokens, steps_for_budget
-from pvs.config import load_config, validate_config
-from pvs.modeling import (apply_masks_, count_params, init_weights_, llama_config, load_masks, load_model,
-                          load_tokenizer, pick_device, save_model, write_json)
+from pvs.config import RUN_ONLY_TRAIN_KEYS, load_config, result_recipe, validate_config
+from pvs.modeling import (apply_masks_, count_params, freeze_forced_biases_, init_weights_, llama_config, load_masks,
+                          load_model, load_tokenizer, mask_grads_, pick_device, read_state_dict, rebuild_rotary_,
+                          save_model, write_json)
 from pvs.data.tokens import TokenStream, load_split, read_manifest, spread_windows
 from pvs.study import ARMS, TRAINER_ARMS, Arm, epoch_message, epochs_read
 from pvs.versions import library_versions
@@ -70,42 +73,76 @@ def lr_at(step: int, total_steps: int, recipe: dict) -> float:
     return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def build_model(arm: Arm, init: str | None, cfg: dict, vocab_size: int, eos_id: int, seed: int):
-    """The starting model and its masks (None for dense) for an arm."""
+def model_config(arm: Arm, init: str | None, cfg: dict, vocab_size: int, eos_id: int):
+    """The starting model's config and its masks (None for dense) for an arm.
+
+    A scratch twin takes the child's shape (and mask) as a plain Llama: no biases, whatever the child
+    (a FLAP child with compensation) carries.
+    """
     if arm.init == "random":
-        config = llama_config(cfg["parent"]["arch"], vocab_size, eos_id, eos_id)
-        masks = None
-    else:
-        if init is None:
-            raise ValueError("--init is required for arms that start from a pruned model")
-        masks = load_masks(init)
-        if arm.init == "weights":
-            return load_model(init), masks
-        config = AutoConfig.from_pretrained(init)
+        return llama_config(cfg["parent"]["arch"], vocab_size, eos_id, eos_id), None
+    if init is None:
+        raise ValueError("--init is required for arms that start from a pruned model")
+    config = AutoConfig.from_pretrained(init)
+    if arm.init != "weights":
+        config.attention_bias = config.mlp_bias = False
+    return config, load_masks(init)
+
+
+def init_generator(arm: Arm, seed: int) -> torch.Generator:
+    """The generator a randomly initialized arm draws its weights from."""
+    return torch.Generator().manual_seed(seed * 1000 + arm.init_stream)
+
+
+def build_model(arm: Arm, init: str | None, cfg: dict, vocab_size: int, eos_id: int, seed: int):
+    """The starting model (full, on the CPU) and its masks for an arm, in one process.
+
+    A retrained child keeps its weights; of FLAP's biases only the compensation ones (o_proj, down_proj)
+    train, the zero q/k/v/gate/up biases that stock LlamaConfig forces on are frozen.
+    """
+    config, masks = model_config(arm, init, cfg, vocab_size, eos_id)
+    if arm.init == "weights":
+        model = load_model(init)
+        freeze_forced_biases_(model)
+        return model, masks
     model = LlamaForCausalLM(config)
-    init_seed = seed * 1000 + arm.init_stream
-    init_weights_(model, cfg["train"]["init_std"], torch.Generator().manual_seed(init_seed))
+    init_weights_(model, cfg["train"]["init_std"], init_generator(arm, seed))
     return model, masks
 
 
 def make_optimizer(model: torch.nn.Module, recipe: dict) -> torch.optim.AdamW:
-    """AdamW with decoupled weight decay on matrices only (not on norms or biases)."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    """AdamW with decoupled weight decay on matrices only (not on norms or biases); frozen parameters left out."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trained if p.ndim >= 2]
+    no_decay = [p for p in trained if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": recipe["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=recipe["lr"], betas=tuple(recipe["betas"]), eps=recipe["eps"])
 
 
 @torch.no_grad()
-def validation_loss(model, windows: torch.Tensor, batch_size: int, autocast) -> float:
+def validation_loss(model, windows: torch.Tensor, micro_batch: int, autocast,
+                    ctx: distributed.Dist = distributed.Dist()) -> float:
+    """Mean next-token loss (nats per predicted token) over ``windows``, in micro-batches of ``micro_batch``.
+
+    Under torchrun each rank scores its share (every world-th window) and the summed losses are reduced
+    over ranks, so the value is the one process's. Every rank runs the same number of forward passes
+    (FSDP2 gathers parameters in each); a rank short of windows scores a stand-in with weight zero.
+    """
     model.eval()
-    total = 0.0
-    for i in range(0, len(windows), batch_size):
-        x = windows[i:i + batch_size]
+    mine = windows[ctx.rank::ctx.world]
+    passes = math.ceil(math.ceil(len(windows) / ctx.world) / micro_batch)
+    total = torch.zeros((), dtype=torch.float64)
+    for i in range(passes):
+        x = mine[i * micro_batch:(i + 1) * micro_batch]
+        weight = 1.0 if len(x) else 0.0
+        x = x if len(x) else windows[:1]
         with autocast():
-            total += model(input_ids=x, labels=x).loss.item() * len(x)
+            logits = model(input_ids=x).logits
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)),
+                                                x[:, 1:].reshape(-1), reduction="sum")
+        total += weight * nll.double().cpu()
     model.train()
-    return total / len(windows)
+    return distributed.total(float(total), ctx) / (len(windows) * (windows.shape[1] - 1))
 
 
 class MetricsLog:
@@ -149,18 +186,49 @@ def _batch_geometry(recipe: dict, ctx: distributed.Dist) -> tuple[int, int]:
 
 
 def _prepare_model(args, cfg, ctx, arm, manifest, seed, device):
-    """The starting model on ``device`` (sharded under torchrun), its masks (as the parameters) and dense masks."""
+    """The starting model on ``device``, its masks (placed like the parameters) and the dense masks.
+
+    Under torchrun no rank builds or loads a full copy: the model is built on the meta device, sharded
+    (FSDP2), materialized shard by shard, then initialized (every rank draws each tensor from the same
+    generator and keeps its shard, so the weights equal one process's) or loaded (rank 0 reads the
+    safetensors and broadcasts, pvs.train.distributed.load_full_model_state).
+    """
     recipe = cfg["train"]
     torch.manual_seed(seed)
-    model, masks = build_model(arm, args.init, cfg, manifest["vocab_size"], manifest["eos_id"], seed)
-    model.to(device).train()
-    apply_masks_(model, masks)
-    if ctx.sharded:
-        distributed.shard(model, bf16=recipe["precision"] == "bf16",
-                          activation_checkpointing=recipe["activation_checkpointing"])
-    elif recipe["activation_checkpointing"]:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return model, distributed.shard_masks(model, masks), masks
+    if not ctx.sharded:
+        model, masks = build_model(arm, args.init, cfg, manifest["vocab_size"], manifest["eos_id"], seed)
+        model.to(device).train()
+        apply_masks_(model, masks)
+        if recipe["activation_checkpointing"]:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model, masks, masks
+    config, masks = model_config(arm, args.init, cfg, manifest["vocab_size"], manifest["eos_id"])
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    if arm.init == "weights":
+        freeze_forced_biases_(model)
+    distributed.shard(model, bf16=recipe["precision"] == "bf16",
+                      activation_checkpointing=recipe["activation_checkpointing"])
+    model.to_empty(device=device)
+    rebuild_rotary_(model, device)
+    if arm.init == "weights":
+        distributed.load_full_model_state(model, read_state_dict(args.init) if ctx.main else {})
+    else:
+        init_weights_(model, recipe["init_std"], init_generator(arm, seed))
+    model.train()
+    sharded_masks = distributed.shard_masks(model, masks)
+    apply_masks_(model, sharded_masks)
+    return model, sharded_masks, masks
+
+
+def _signature(args, arm_tokens: int, steps: int, seed: int, recipe: dict, manifest: dict) -> dict:
+    """What decides a run's result; a checkpoint resumes only into the same signature.
+
+    The recipe enters without its run-only keys (pvs.config.RUN_ONLY_TRAIN_KEYS: checkpoint interval,
+    logging, micro-batch, activation checkpointing, compile), so changing those resumes the checkpoint.
+    """
+    return {"arm": args.arm, "tokens": arm_tokens, "steps": steps, "seed": seed, "init": args.init,
+            "recipe": result_recipe(recipe), "data": manifest["splits"]}
 
 
 def _resume_state(ckpt_dir: Path, signature: dict, ctx) -> dict | None:
@@ -202,8 +270,7 @@ def _train(args: argparse.Namespace, cfg: dict, ctx: distributed.Dist) -> dict:
 
     model, masks, dense_masks = _prepare_model(args, cfg, ctx, arm, manifest, seed, device)
     optimizer = make_optimizer(model, recipe)
-    signature = {"arm": args.arm, "tokens": tokens, "steps": steps, "seed": seed, "init": args.init,
-                 "recipe": recipe, "data": manifest["splits"]}
+    signature = _signature(args, tokens, steps, seed, recipe, manifest)
     ckpt_dir = Path(args.ckpt or str(args.out).rstrip("/") + ".ckpt")
     state = _resume_state(ckpt_dir, signature, ctx)
     start_step = 0
@@ -219,7 +286,7 @@ def _train(args: argparse.Namespace, cfg: dict, ctx: distributed.Dist) -> dict:
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     step_fn = torch.compile(model) if recipe["compile"] else model
     if start_step == 0:
-        loss0 = validation_loss(model, val, batch_size, autocast)
+        loss0 = validation_loss(model, val, micro, autocast, ctx)
         if log:
             log.write({"step": 0, "tokens": 0, "val_loss": loss0})
 
@@ -241,6 +308,7 @@ def _train(args: argparse.Namespace, cfg: dict, ctx: distributed.Dist) -> dict:
             loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
             (loss * (micro / local)).backward()
             local_loss += loss.item() * micro / local
+        mask_grads_(model, masks)                  # pruned positions: no gradient, no clip share, no moments
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe["grad_clip"])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -251,7 +319,7 @@ def _train(args: argparse.Namespace, cfg: dict, ctx: distributed.Dist) -> dict:
                   "grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
                   "tok_per_s": batch_size * seq_len / max(time.time() - tick, 1e-9)}
         if seen // eval_every > (seen - batch_size * seq_len) // eval_every or step + 1 == steps:
-            record["val_loss"] = validation_loss(model, val, batch_size, autocast)
+            record["val_loss"] = validation_loss(model, val, micro, autocast, ctx)
         if log:
             log.write(record)
         progress.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}", refresh=False)
@@ -269,8 +337,10 @@ def _train(args: argparse.Namespace, cfg: dict, ctx: distributed.Dist) -> dict:
         if not ctx.main:
             torch.distributed.barrier()
             return {}
-        final = LlamaForCausalLM(model.config)
-        final.load_state_dict(full)
+        with torch.device("meta"):                 # rank 0 holds the gathered copy only, as the parameters
+            final = LlamaForCausalLM(model.config)
+        final.load_state_dict(full, assign=True)
+        rebuild_rotary_(final, "cpu")
     meta = finish(args, cfg, final, dense_masks, log, ckpt_dir, signature, seconds, start_step, ctx.world)
     if ctx.sharded:
         torch.distributed.barrier()
@@ -288,7 +358,8 @@ def finish(args, cfg, model, masks, log: MetricsLog, ckpt_dir: Path, signature: 
     shutil.copy(log.path, out / "metrics.jsonl")
     if args.init and (Path(args.init) / "meta.json").exists():
         shutil.copy(Path(args.init) / "meta.json", out / "meta.json")
-    meta = {**signature, "tokens_seen": records[-1]["tokens"], "final_train_loss": sum(tail) / len(tail),
+    meta = {**signature, "run_options": {key: cfg["train"][key] for key in RUN_ONLY_TRAIN_KEYS},
+            "tokens_seen": records[-1]["tokens"], "final_train_loss": sum(tail) / len(tail),
             "final_val_loss": next(r["val_loss"] for r in reversed(records) if "val_loss" in r),
             "params": count_params(model, masks), "seconds_this_run": seconds, "resumed_from_step": start_step,
             "processes": processes, "versions": library_versions(), "study": cfg["study"]}

@@ -58,6 +58,8 @@ def smoke_run(tmp_path_factory):
     config = smoke_config(workdir / "smoke.yaml")
     result = snakemake(workdir, config)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    # later tests add methods to this study; its own summary is kept for the tests that compare numbers
+    (workdir / "summary.smoke.csv").write_bytes((workdir / "results" / "summary.csv").read_bytes())
     return workdir, config
 
 
@@ -69,7 +71,7 @@ def test_smoke_study_writes_tables_and_figures(smoke_run):
     methods, ratios = cfg["prune"]["methods"], cfg["prune"]["ratios"]
     n_scaling_extra = len(set(cfg["budgets"]["scaling"]) - {cfg["budgets"]["main"]})
     per_ratio = 1 + 2 * cfg["seeds"]                     # one-shot + (P-R_N, S_N) per seed at the main budget
-    settings23 = len(cfg["budgets"]["setting2_ratios"]) + len(cfg["budgets"]["setting3_ratios"])
+    settings23 = (len(cfg["budgets"]["setting2_ratios"]) + len(cfg["budgets"]["setting3_ratios"])) * cfg["seeds"]
     expected = 1 + len(methods) * (len(ratios) * per_ratio + 2 * n_scaling_extra + settings23)
     assert len(summary) == expected
     assert set(summary["arm"]) == set(ARM_ORDER) and set(summary.seed) == set(range(cfg["seeds"]))
@@ -220,3 +222,99 @@ def test_slurm_profile_submits_one_task_per_job_with_the_rules_resources(smoke_r
     assert "--gpus=8" in train and "--cpus-per-task=64" in train and " ".join(train).count("--mem 960000") == 1
     assert "--gpus=1" in evaluate and "--cpus-per-task=8" in evaluate and "-t" in evaluate
     assert (workdir / targets[1]).is_file()
+
+
+# ---------------------------------------------------------------- the smoke study's numbers, pinned
+GOLDEN = ROOT / "tests" / "data" / "smoke_summary.csv"
+GOLDEN_META = GOLDEN.with_suffix(".json")
+IDENTITY = ["arm", "method", "ratio", "budget", "train_tokens", "seed"]
+VOLATILE = {"seconds", "torch_version", "transformers_version", "model_path", "eval_file"}
+
+
+def _numbers(summary: pd.DataFrame) -> pd.DataFrame:
+    keep = [c for c in summary.columns if c not in VOLATILE]
+    return summary[keep].sort_values(IDENTITY, na_position="first").reset_index(drop=True)
+
+
+def test_smoke_numbers_equal_the_pinned_summary(smoke_run):
+    """Refactors must not change what the study computes: the smoke study's summary.csv (every metric of every
+    model, timings and paths aside) equals tests/data/smoke_summary.csv — exactly on a CPU of the same torch
+    capability as the one that wrote it, within 2e-2 elsewhere (other kernels round differently and training
+    amplifies it). A deliberate change of the numbers rewrites the file: PVS_UPDATE_GOLDEN=1 make test."""
+    import os
+
+    import torch
+
+    current = _numbers(pd.read_csv(smoke_run[0] / "summary.smoke.csv"))
+    capability = torch.backends.cpu.get_cpu_capability()
+    if os.environ.get("PVS_UPDATE_GOLDEN") == "1" or not GOLDEN.exists():
+        current.to_csv(GOLDEN, index=False)
+        GOLDEN_META.write_text(json.dumps({"cpu_capability": capability, "torch": torch.__version__}, indent=1) + "\n")
+        assert os.environ.get("PVS_UPDATE_GOLDEN") == "1", f"{GOLDEN} was missing and has been written; commit it"
+    golden = pd.read_csv(GOLDEN)
+    assert list(current.columns) == list(golden.columns)
+    assert current[IDENTITY].astype(str).equals(golden[IDENTITY].astype(str))
+    exact = json.loads(GOLDEN_META.read_text())["cpu_capability"] == capability
+    numeric = [c for c in golden.columns if c not in IDENTITY and pd.api.types.is_numeric_dtype(golden[c])]
+    pd.testing.assert_frame_equal(current[numeric], golden[numeric], check_exact=exact, rtol=2e-2, atol=2e-2)
+
+
+# ---------------------------------------------------------------- a method added in three places, through the DAG
+def test_a_toy_method_runs_through_the_dag_without_edits_elsewhere(smoke_run, tmp_path):
+    """tests/toy_method.py adds a method to a copy of the repository (module, registry record, schema section);
+    the copy's workflow prunes, retrains, trains from scratch, evaluates and reports it on the smoke study."""
+    import os
+
+    from toy_method import NAME, copy_with_toy_method
+
+    repo = copy_with_toy_method(tmp_path / "repo")
+    workdir = smoke_run[0]
+    config = smoke_config(workdir / "toy.yaml", prune={"methods": [NAME], "ratios": [0.5]}, top={"seeds": 1},
+                          scaling=["20k"], setting2_ratios=[], setting3_ratios=[])
+    env = {**os.environ, "PYTHONPATH": str(repo / "workflow")}
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(config), "--cores", "2"]
+    dry = subprocess.run(cmd + ["-n"], capture_output=True, text=True, env=env, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert job_counts(dry.stdout) == {"prune": 1, "train_child": 2, "evaluate": 3, "report": 1, "all": 1}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = pd.read_csv(workdir / "results" / "summary.csv").set_index("arm")
+    assert set(rows.index) == {"parent", "pruned", "retrain", "scratch"} and set(rows.method.dropna()) == {NAME}
+    assert rows.loc["retrain", "val_loss"] < rows.loc["pruned", "val_loss"]
+    assert "Toy magnitude" in (workdir / "results" / "tables" / "setting1.md").read_text()
+
+
+# ---------------------------------------------------------------- a hard kill, then the README's command
+def test_the_readme_command_continues_after_kill_9_of_the_whole_workflow(smoke_run, tmp_path):
+    """kill -9 of a small smoke study's process group while the parent trains (Snakemake's lock stays behind);
+    the README's command (make study with CONFIG and WORKDIR) runs again past the stale lock, resumes from the
+    checkpoint and gets the summary of an uninterrupted run (the smoke study's rows of the same models)."""
+    import os
+    import signal
+    import time
+
+    config = smoke_config(tmp_path / "small.yaml", prune={"methods": ["sparsegpt"], "ratios": [0.5]},
+                          top={"seeds": 1}, scaling=["20k"], setting2_ratios=[0.5], setting3_ratios=[])
+    command = ["make", "-s", "-C", str(ROOT), "study", f"CONFIG={config}", f"WORKDIR={tmp_path}", "CORES=2"]
+    first = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "results" / "ckpt" / "parent" / "latest"
+    deadline = time.time() + 600
+    while not checkpoint.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    assert checkpoint.exists(), "the parent never wrote a checkpoint"
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert list((tmp_path / ".snakemake" / "locks").glob("*.lock")), "the kill left no lock (nothing tested)"
+    again = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "stale Snakemake lock" in again.stderr
+    assert "resumed from" in (tmp_path / "results" / "logs" / "train" / "parent.log").read_text()
+    resumed = _numbers(pd.read_csv(tmp_path / "results" / "summary.csv"))
+    reference = _numbers(pd.read_csv(smoke_run[0] / "summary.smoke.csv"))
+    keys = resumed[IDENTITY].astype(str).agg("/".join, axis=1)
+    reference = reference[reference[IDENTITY].astype(str).agg("/".join, axis=1).isin(set(keys))]
+    reference = reference[resumed.columns].reset_index(drop=True)
+    assert len(reference) == len(resumed) == 5                      # parent, one-shot, P-R_N, S_N, S_{P+N}
+    numeric = [c for c in resumed.columns if c not in IDENTITY and pd.api.types.is_numeric_dtype(resumed[c])]
+    pd.testing.assert_frame_equal(resumed[numeric], reference[numeric], check_exact=True)

@@ -24,7 +24,8 @@ ratios: setting 1 ``scratch`` at every ratio (plus the token-scaling curve over 
 ``scratch_flops`` at ``budgets.setting3_ratios``.
 
 **Grid** (``Grid.from_config(cfg).runs()``): the parent; for every method and ratio the one-shot child and
-setting 1 at the main budget with ``seeds`` seeds; the scaling curve; settings 2 and 3 at their ratios.
+setting 1 at the main budget with ``seeds`` seeds; the scaling curve; settings 2 and 3 at their ratios, also
+with ``seeds`` seeds (the headline comparisons carry their noise).
 
 **Paths** (all under ``results/``)::
 
@@ -293,7 +294,10 @@ class Grid:
                 grid |= {Run("retrain", method, ratio, budget), Run("scratch", method, ratio, budget)}
             for setting in SETTINGS[1:]:
                 for ratio in self.setting_ratios(setting):
-                    grid.add(Run(setting.rival, method, spelled.get(ratio, ratio), self.main))
+                    ratio = spelled.get(ratio, ratio)
+                    for k in range(self.seeds):         # the rival, and P-R_N at its ratio, with every seed
+                        grid |= {Run(setting.rival, method, ratio, self.main, k),
+                                 Run("retrain", method, ratio, self.main, k)}
         return sorted(grid, key=lambda r: (ARM_ORDER.index(r.arm), r.method or "", r.ratio or 0, r.budget or 0,
                                            r.replica))
 

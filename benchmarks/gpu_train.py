@@ -10,7 +10,6 @@ MFU = 6·N·(tokens/s) / (processes x --peak-flops), N = non-embedding + head pa
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from pvs.cli import doc_parser
 from pvs.train import distributed
 from pvs.modeling import count_params
 from pvs.versions import library_versions
@@ -33,7 +33,7 @@ SIZES = {  # ~1.2B: the shape of a Llama-3.1-8B child at r ~ 0.85 with the full 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = doc_parser("benchmarks/gpu_train.py", __doc__)
     parser.add_argument("--size", choices=sorted(SIZES), default="1b", help="model shape (default: 1b)")
     parser.add_argument("--seq-len", type=int, default=4096, help="tokens per window (default: 4096)")
     parser.add_argument("--micro-batch", type=int, default=4, help="windows per process per step (default: 4)")

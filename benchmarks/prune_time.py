@@ -21,6 +21,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from pvs.cli import doc_parser
 from pvs.config import load_config
 from pvs.modeling import count_params, llama_config, load_model, new_model
 from pvs.prune.__main__ import calibration_window_count, method_calibration, resolve_options
@@ -45,7 +46,7 @@ def calibration(args, method, options: dict, vocab: int) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = doc_parser("benchmarks/prune_time.py", __doc__)
     parser.add_argument("--config", default="config.yaml", help="study config giving the parent shape and prune options")
     parser.add_argument("--model", help="a parent checkpoint (default: random init of the config's shape)")
     parser.add_argument("--data", help="prepared data dir for real calibration windows (default: random tokens)")

@@ -10,7 +10,6 @@ such as results/smoke, and links are kept).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import platform
@@ -25,6 +24,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from pvs.cli import doc_parser
 from pvs.config import load_config
 from pvs.versions import library_versions
 
@@ -53,7 +53,7 @@ def other_study(path: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = doc_parser("benchmarks/time_study.py", __doc__)
     parser.add_argument("--configfile", default="config.yaml", help="study config to run")
     parser.add_argument("--cores", type=int, default=2, help="cores given to snakemake")
     parser.add_argument("--keep", action="store_true", help="do not delete the study's results folder first")

@@ -1,6 +1,7 @@
 """Config validation: defaults are filled, and every kind of bad value fails with the key and value named."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -76,20 +77,24 @@ def test_grid_of_the_default_study():
     assert len(by_arm["parent"]) == 1 and len(by_arm["pruned"]) == len(methods) * len(ratios)
     extra_scaling = len(set(cfg["budgets"]["scaling"]) - {cfg["budgets"]["main"]})
     assert len(by_arm["retrain"]) == len(methods) * (len(ratios) + extra_scaling) == len(by_arm["scratch"])
-    assert len(by_arm["scratch_total"]) == len(methods) * len(cfg["budgets"]["setting2_ratios"])
-    assert len(by_arm["scratch_flops"]) == len(methods) * len(cfg["budgets"]["setting3_ratios"]) > 0
+    seeds = cfg["seeds"]
+    assert len(by_arm["scratch_total"]) == len(methods) * len(cfg["budgets"]["setting2_ratios"]) * seeds
+    assert len(by_arm["scratch_flops"]) == len(methods) * len(cfg["budgets"]["setting3_ratios"]) * seeds > 0
     for run in grid:  # paths round-trip, so the evaluate rule can recover a run from its path
         assert Run.from_model_path(run.model_path) == run
     assert Run("scratch_total", "sparsegpt", 0.5, 250_000).train_tokens(1_000_000) == 1_250_000
 
 
-def test_seeds_replicate_setting1_at_the_main_budget():
+def test_seeds_replicate_the_headline_comparisons():
     raw = {"seed": 5, "seeds": 3, "prune": {"methods": ["sparsegpt"], "ratios": [0.5, 0.6]},
            "budgets": {"main": "300k", "scaling": ["100k"], "scaling_ratio": 0.5, "setting2_ratios": [0.5]}}
     grid = runs(validate_config(raw))
     replicas = [r for r in grid if r.replica]
-    assert len(replicas) == 2 * 2 * 2                     # seeds 6 and 7 x (retrain, scratch) x two ratios
-    assert {r.budget for r in replicas} == {300_000} and {r.arm for r in replicas} == {"retrain", "scratch"}
+    # seeds 6 and 7 x ((retrain, scratch) x two ratios + S_{P+N} at the setting-2 ratio); P-R_N is shared
+    assert len(replicas) == 2 * (2 * 2 + 1)
+    assert {r.budget for r in replicas} == {300_000}
+    assert {r.arm for r in replicas} == {"retrain", "scratch", "scratch_total"}
+    assert not [r for r in grid if r.budget == 100_000 and r.replica]     # the scaling curve: one seed
     run = Run("retrain", "sparsegpt", 0.5, 300_000, 2)
     assert run.model_path == "models/retrain/sparsegpt/r0.5/N300k_seed2"
     assert Run.from_model_path(run.model_path) == run
@@ -116,3 +121,66 @@ def test_run_only_train_keys_are_one_fact_left_out_of_results_and_rule_params():
     rules = "\n".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
     assert not re.search(r'=\s*config\["train"\]\s*,', rules)            # no rule depends on the whole section
     assert rules.count('recipe=result_recipe(config["train"])') >= 2     # parent and child training
+
+
+def _error(cfg: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg)
+    return str(info.value)
+
+
+def test_windows_longer_than_the_parents_positions_are_named():
+    assert "train.seq_len = 2048: longer than the parent's 1024 positions (parent.arch.max_position_embeddings)" \
+        in _error({"train": {"seq_len": 2048}})
+    assert "prune.calib_seq_len = 4096" in _error({"prune": {"calib_seq_len": 4096}})
+    assert "prune.flap.calib_seq_len = 2000" in _error({"prune": {"methods": ["flap"], "flap": {"calib_seq_len": 2000}}})
+
+
+def test_a_local_parent_must_exist_and_be_a_llama(tmp_path):
+    base = {"parent": {"source": "pretrained"}}
+    assert "parent.pretrained = './nowhere': no such file or directory" in _error(
+        {"parent": {**base["parent"], "pretrained": "./nowhere"}})
+    (tmp_path / "gpt2").mkdir()
+    (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2", "max_position_embeddings": 1024}))
+    assert "not a Llama checkpoint" in _error({"parent": {**base["parent"], "pretrained": str(tmp_path / "gpt2")}})
+    (tmp_path / "empty").mkdir()
+    assert "no config.json" in _error({"parent": {**base["parent"], "pretrained": str(tmp_path / "empty")}})
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama", "max_position_embeddings": 128}))
+    assert f"train.seq_len = 256: longer than the parent's 128 positions ({tmp_path / 'llama' / 'config.json'}" in _error(
+        {"parent": {**base["parent"], "pretrained": str(tmp_path / "llama")}})
+    validate_config({"parent": {**base["parent"], "pretrained": "org/a-hub-model"}})     # checked when fetched
+
+
+def test_a_shape_family_the_solver_cannot_produce_is_named_not_leaked():
+    text = _error({"parent": {"arch": {"num_hidden_layers": 1}}, "prune": {"methods": ["minitron_depth"]}})
+    assert "minitron_depth cannot produce any child of this parent (it needs at least 2 layers)" in text
+    assert "min()" not in text and "empty sequence" not in text
+
+
+def test_budgets_beyond_one_epoch_fail_once_the_data_exist_and_can_be_allowed(tmp_path):
+    from pvs.study import data_epoch_errors
+
+    results = tmp_path / "results"
+    (results / "data").mkdir(parents=True)
+    cfg = validate_config({"results_dir": str(results), "parent": {"tokens": "300k"},
+                           "budgets": {"main": "50k", "scaling": ["50k"]}})
+    manifest = {"seed": cfg["seed"], "split_fractions": cfg["data"]["splits"], "doc_chars": cfg["data"]["doc_chars"],
+                "source": cfg["data"]["source"], "splits": {"pretrain": {"tokens": 200_000}, "retrain": {"tokens": 100_000},
+                                                             "calib": {"tokens": 5000}, "val": {"tokens": 5000}}}
+    (results / "data" / "manifest.json").write_text(json.dumps(manifest))
+    errors = data_epoch_errors(cfg)
+    assert len(errors) == 1 and errors[0].startswith("train.max_epochs = 1: arm parent on 300k tokens would read "
+                                                     "split pretrain (200000 tokens) 1.50 times")
+    assert not data_epoch_errors({**cfg, "train": {**cfg["train"], "max_epochs": 2}})
+    # the same check before any job (the Snakefile), naming the key
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"results_dir": str(results), "parent": {"tokens": "300k"},
+                                      "budgets": {"main": "50k", "scaling": ["50k"]}}))
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(config)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "arm parent on 300k tokens would read split pretrain" in result.stderr
+    # stale data (another data config) are not used for the check
+    manifest["doc_chars"] += 1
+    (results / "data" / "manifest.json").write_text(json.dumps(manifest))
+    assert not data_epoch_errors(cfg)

@@ -20,7 +20,8 @@ SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "nu
 
 
 def write_config(path: Path, **train) -> Path:
-    cfg = {"parent": {"arch": SMALL}, "threads_per_job": 1, "device": "cpu", "prune": {"methods": ["sparsegpt"]},
+    cfg = {"parent": {"arch": SMALL}, "threads_per_job": 1, "device": "cpu",
+           "prune": {"methods": ["sparsegpt"], "calib_seq_len": 32},
            "train": {"seq_len": 32, "batch_size": 4, "lr": 0.003, "checkpoint_every": 100,
                      "eval_every_tokens": 1024, "eval_windows": 4, **train}}
     path.write_text(yaml.safe_dump(cfg))

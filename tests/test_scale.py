@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_block_params_match_a_real_llama():
     arch = {"hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 3, "num_attention_heads": 8,
-            "num_key_value_heads": 2, "max_position_embeddings": 64}
+            "num_key_value_heads": 2, "max_position_embeddings": 256}
     cfg = validate_config({"parent": {"arch": arch}, "data": {"vocab_size": 300}, "prune": {"methods": ["sparsegpt"]}})
     model = LlamaForCausalLM(llama_config(cfg["parent"]["arch"], 300, 0, 0))
     counts = count_params(model)

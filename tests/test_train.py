@@ -20,7 +20,7 @@ SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "nu
 
 @pytest.fixture
 def config_file(tmp_path):
-    cfg = {"parent": {"arch": SMALL}, "threads_per_job": 1, "prune": {"methods": ["sparsegpt"]},
+    cfg = {"parent": {"arch": SMALL}, "threads_per_job": 1, "prune": {"methods": ["sparsegpt"], "calib_seq_len": 32},
            "train": {"seq_len": 32, "batch_size": 4, "lr": 0.003, "checkpoint_every": 3,
                      "eval_every_tokens": 256, "eval_windows": 4}}
     path = tmp_path / "config.yaml"
@@ -282,3 +282,14 @@ def test_flap_child_trains_only_its_compensation_biases(byte_splits, config_file
     assert not [n for n, _ in scratch.named_parameters() if n.endswith(".bias")]
     assert scratch.config.intermediate_size == child.config.intermediate_size
     assert scratch.config.num_key_value_heads == child.config.num_key_value_heads
+
+
+def test_a_budget_beyond_one_epoch_fails_at_job_start_naming_file_and_key(byte_splits, config_file, tmp_path,
+                                                                          capsys):
+    pretrain = json.loads((byte_splits / "manifest.json").read_text())["splits"]["pretrain"]["tokens"]
+    argv = ["--arm", "parent", "--tokens", str(2 * pretrain), "--data", str(byte_splits), "--out",
+            str(tmp_path / "p"), "--config", str(config_file), "--device", "cpu"]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{byte_splits / 'manifest.json'}: train.max_epochs = 1: arm parent" in err and "split pretrain" in err
+    assert not (tmp_path / "p").exists()                                   # nothing was trained or written

@@ -7,7 +7,6 @@ Errors name the offending key and value (``ConfigError: prune.ratios[1] = 1.2: .
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -17,6 +16,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from pvs.cli import doc_parser
 from pvs.budget import parse_tokens
 from pvs.prune import shapes
 from pvs.prune.registry import METHOD_NAMES, METHODS   # pure data (no method module, no torch)
@@ -263,7 +263,7 @@ def write_resolved_config(cfg: dict, path: str | os.PathLike) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pvs.config", description=__doc__.split("\n\n")[0])
+    parser = doc_parser("python -m pvs.config", __doc__)
     parser.add_argument("config", help="path of a study config (YAML)")
     parser.add_argument("--check", action="store_true", help="only validate; print nothing on success")
     args = parser.parse_args(argv)

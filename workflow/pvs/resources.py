@@ -10,10 +10,10 @@ by the time limit and continues from its checkpoint when Snakemake retries it (p
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 
+from pvs.cli import doc_parser
 from pvs.budget import parse_tokens
 from pvs.compute import non_embedding_params
 from pvs.prune.registry import record   # pure data: no method module is imported
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     from pvs.config import load_config
     from pvs.study import runs
 
-    parser = argparse.ArgumentParser(prog="python -m pvs.resources", description=__doc__.split("\n\n")[0])
+    parser = doc_parser("python -m pvs.resources", __doc__)
     parser.add_argument("config", help="study config (YAML)")
     args = parser.parse_args(argv)
     cfg = load_config(args.config)

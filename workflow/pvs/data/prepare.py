@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pvs.cli import doc_parser
 from pvs.config import ConfigError, load_config
 from pvs.data.corpus.bpe import encode_documents, load_pretrained, round_trip_failures, token_dtype, train_bpe
 from pvs.data.corpus.sources import CorpusError, Document, collect_documents
@@ -203,8 +204,7 @@ def prepare(cfg: dict, out: str | Path, cache: str | Path, pretrained_tokenizer:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pvs.data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = doc_parser("python -m pvs.data", __doc__)
     parser.add_argument("--config", required=True, help="study config (YAML), validated by pvs.config")
     parser.add_argument("--out", required=True, help="output folder, e.g. results/data (layout in pvs.data.tokens)")
     parser.add_argument("--cache", default="results/downloads",

@@ -49,6 +49,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from pvs.cli import doc_parser
 from pvs.config import ConfigError, load_config, validate_config  # noqa: E402
 from pvs.evaluate.sets import read_perplexity_set  # noqa: E402
 from pvs.evaluate.tasks import check_hub_tasks  # noqa: E402
@@ -323,9 +324,7 @@ def evaluate(args: argparse.Namespace, cfg: dict) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pvs.evaluate", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 2)[2])
+    parser = doc_parser("python -m pvs.evaluate", __doc__)
     parser.add_argument("--model", required=True, help="HF model directory to score")
     parser.add_argument("--data", required=True, help="prepared data directory (val.bin, manifest.json, tokenizer/)")
     parser.add_argument("--tasks", help="task directory written by python -m pvs.evaluate.tasks "

@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from pvs.cli import doc_parser
+
 log = logging.getLogger("pvs.evaluate.tasks")
 
 CONTEXT_WORDS = 24     # multiple choice: words of context (lm-eval scores it once per choice: keep it short)
@@ -326,9 +328,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from pvs.config import validate_config
 
     defaults = validate_config({})["evaluate"]
-    parser = argparse.ArgumentParser(prog="python -m pvs.evaluate.tasks", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 2)[2])
+    parser = doc_parser("python -m pvs.evaluate.tasks", __doc__)
     parser.add_argument("--data", help="prepared data directory holding heldout_docs.jsonl (required unless "
                                        "--check-only)")
     parser.add_argument("--out", help="directory to write the task YAMLs, jsonl data and tasks.json (required "

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from pvs.cli import doc_parser
 from pvs.train import distributed
 from pvs.config import load_config, validate_config
 from pvs.modeling import MASKS_FILE, count_params, load_model, pick_device, save_model, shape_of
@@ -35,9 +36,7 @@ from pvs.versions import library_versions
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pvs.prune", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 2)[2])
+    parser = doc_parser("python -m pvs.prune", __doc__)
     parser.add_argument("--method", required=True, choices=METHOD_NAMES, help="pruning method (see pvs.prune.registry)")
     parser.add_argument("--ratio", required=True, type=float,
                         help="fraction of non-embedding parameters to remove, in (0, 1); for sparse methods the "

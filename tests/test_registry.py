@@ -64,7 +64,7 @@ def test_a_toy_method_added_in_three_places_runs_through_the_prune_cli(tmp_path,
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["method"] == NAME and meta["sparse"] and abs(meta["achieved_ratio"] - 0.5) < 1e-3
+    assert meta["method"] == NAME and meta["sparse"] and abs(meta["achieved_ratio"] - 0.5) < 0.01   # norms kept
     assert meta["info"] == {"toy": False, "calib_windows": 2}              # its own option reached it
     assert (out / "masks.safetensors").is_file()
     assert NAME not in METHODS                                               # this checkout is untouched

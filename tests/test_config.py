@@ -181,7 +181,7 @@ def test_budgets_beyond_one_epoch_fail_once_the_data_exist_and_can_be_allowed(tm
                                       "budgets": {"main": "50k", "scaling": ["50k"]}}))
     result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(config)],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0 and "arm parent on 300k tokens would read split pretrain" in result.stderr
+    assert result.returncode != 0 and "arm parent on 300k tokens would read split pretrain" in result.stdout + result.stderr
     # stale data (another data config) are not used for the check
     manifest["doc_chars"] += 1
     (results / "data" / "manifest.json").write_text(json.dumps(manifest))

@@ -70,6 +70,7 @@ def test_paper_dry_run_lists_the_whole_grid_fast_and_offline(tmp_path):
     assert counts["evaluate"] == 1 + 24 + 102 and counts["train_parent"] == 1
     assert counts["tokenize_shard"] == cfg["data"]["hf"]["shards"] and counts["prepare_data"] == 1
     assert counts["eval_sets"] == counts["eval_tasks"] == 1            # hub data fetched once, checked once
+    assert counts["memory_check"] == 1                                 # every GPU job's memory, proven first
     assert seconds < 10, seconds
 
 

@@ -30,6 +30,9 @@ os.environ.setdefault("PVS_REPO", workflow.basedir)
 PY = "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else sys.executable
 PARENT_TOKENS = parse_tokens(config["parent"]["tokens"])
 GRID = Grid.from_config(config)
+# a study on GPUs (device: cuda) first proves that every job fits cluster.gpu_memory_gib (python -m pvs.memory)
+GPU_STUDY = config["device"] == "cuda"
+MEMORY_CHECK = [f"{R}/memory/check.json"] if GPU_STUDY else []
 RUNS = runs(config)
 EVALS = [f"{R}/{run.eval_path}" for run in RUNS]
 

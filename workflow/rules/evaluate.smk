@@ -60,6 +60,7 @@ if EVAL_SETS:  # hub data fetched once, on the submitting host (local rule): eva
 rule evaluate:
     input:
         model=f"{R}/models/{{model}}",
+        memory=MEMORY_CHECK,
         tasks=rules.eval_tasks.output,
         manifest=DATA.manifest,
         evalsets=rules.eval_sets.output if EVAL_SETS else [],

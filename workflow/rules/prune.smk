@@ -8,6 +8,7 @@ rule prune:
     input:
         parent=f"{R}/models/parent",
         manifest=DATA.manifest,
+        memory=MEMORY_CHECK,
         splits=SPLIT_FILES,
     output:
         directory(f"{R}/models/pruned/{{method}}/r{{ratio}}"),

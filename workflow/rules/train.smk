@@ -2,11 +2,34 @@
 # from an HF Llama checkpoint), the setting-3 budgets, and every child arm: retraining P-R_N, scratch S_N,
 # S_{P+N} and S_F (pvs.study.ARMS says what each reads and how it starts).
 
+if GPU_STUDY:  # every GPU job of the grid must fit its GPUs: checked on the CPU before any is submitted
+
+    rule memory_check:
+        output:
+            f"{R}/memory/check.json",
+        params:
+            train=config["train"],
+            cluster=config["cluster"],
+            prune=config["prune"],
+            evaluate=config["evaluate"],
+            parent=config["parent"],
+        conda:
+            "../../envs/environment.yaml"
+        log:
+            f"{R}/logs/memory_check.log",
+        benchmark:
+            f"{R}/benchmarks/memory_check.tsv"
+        localrule: True
+        shell:
+            f"{PY} -m pvs.memory --config {CONFIG} --json {{output}} > {{log}} 2>&1"
+
+
 if config["parent"]["source"] == "train":
 
     rule train_parent:
         input:
             manifest=DATA.manifest,
+            memory=MEMORY_CHECK,
             splits=SPLIT_FILES,
         output:
             directory(f"{R}/models/parent"),
@@ -70,6 +93,7 @@ rule train_child:
     input:
         unpack(child_inputs),
         manifest=DATA.manifest,
+        memory=MEMORY_CHECK,
         splits=SPLIT_FILES,
     output:
         directory(f"{R}/models/{{arm}}/{{method}}/r{{ratio}}/N{{budget}}{{replica}}"),

@@ -252,7 +252,7 @@ def flap_child(parent_dir, data, out_dir):
 
     model = load_model(parent_dir)
     calib = torch.from_numpy(spread_windows(load_split(data, "calib"), 32, 8))
-    child = flap.prune(model, calib, 0.5, {"flap_bias_compensation": True}).model
+    child = flap.prune(model, calib, 0.5, {"bias_compensation": True}).model
     child.save_pretrained(out_dir)
     return child
 

@@ -19,7 +19,7 @@ applies it and ``FSDPMemTracker``; one-process jobs use ``MemTracker``. Rows:
       variable). bf16 = FSDP2 MixedPrecisionPolicy(bf16 params, fp32 reduce) sharded, autocast in one process.
   sheared_llama masks r<ratio>   one mask-learning step of pvs.prune.sheared.learn_masks under FSDP2 on
       ``cluster.gpus.sheared``: the parent trained with its hard-concrete masks, hooks, Lagrangian, AdamW
-      over weights + masks + multipliers, ``sheared_batch_size`` / world windows of ``sheared_seq_len``.
+      over weights + masks + multipliers, ``prune.sheared_llama.batch_size`` / world windows of ``prune.sheared_llama.seq_len``.
   prune sparsegpt(_nm)   the fp32 parent on one GPU, the first decoder layer's inputs for every
       calibration window (``calib_windows`` x ``calib_seq_len``), its seven Hessian accumulators (fp32
       in_features^2 each), one layer pass per calibration batch, then the allocations of ``obs_prune`` on
@@ -31,8 +31,9 @@ applies it and ``FSDPMemTracker``; one-process jobs use ``MemTracker``. Rows:
   evaluate   the largest evaluated model (the parent shape) in ``evaluate.dtype``, one forward of
       ``evaluate.batch_size`` x ``train.seq_len`` as pvs.evaluate.score.token_nll runs it (fp32 logits copy,
       per-token cross-entropy).
-Every row also counts start-up where the code puts a whole fp32 model on each GPU before sharding (today's
-trainer and Sheared-LLaMA: ``model.to(device)`` then ``fully_shard``): peak = max(step, start-up).
+Sheared-LLaMA's start-up is counted too: its prune job loads the whole fp32 parent on each GPU before
+``fully_shard``: peak = max(step, start-up). The trainer no longer does that (it builds on the meta device,
+shards, then initializes or loads with rank 0 broadcasting), so its start-up is zero.
 
 Attention. The CPU's SDPA would materialize seq x seq scores. Here attention is ``flash_attention_memory``:
 forward allocates the output (B, S, H, D) in the compute dtype and the fp32 logsumexp (B, H, S), and saves
@@ -67,7 +68,7 @@ from __future__ import annotations
 import json
 import sys
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -79,9 +80,10 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from pvs.cli import doc_parser
 from pvs.config import load_config
-from pvs.modeling import apply_masks_, llama_config
+from pvs.modeling import llama_config
 from pvs.prune.common import BATCH_WINDOWS, LOGITS_BUDGET, capture_layer_inputs, run_layer
-from pvs.prune.shapes import CHILD_BIASES, SPARSE, STRUCTURED, parent_shape, solve_shape
+from pvs.prune.registry import job_options
+from pvs.prune.shapes import CHILD_BIASES, SPARSE, parent_shape, solve_shape
 from pvs.train import distributed
 
 GIB = 2 ** 30
@@ -181,9 +183,9 @@ def grid_jobs(cfg: dict) -> list[Job]:
     for method in methods:
         if method == "sheared_llama":
             jobs += [Job(f"sheared_llama masks r{ratio}", "sheared", parent, max(1, gpus["sheared"]),
-                         "prune.sheared_batch_size or cluster.gpus.sheared", ratio=ratio) for ratio in ratios]
+                         "prune.sheared_llama.batch_size or cluster.gpus.sheared", ratio=ratio) for ratio in ratios]
     prune_keys = {"sparsegpt": "prune.calib_windows", "minitron_depth": "prune.calib_seq_len",
-                  "minitron_width": "prune.calib_seq_len", "flap": "prune.flap_calib_seq_len"}
+                  "minitron_width": "prune.calib_seq_len", "flap": "prune.flap.calib_seq_len"}
     kinds = sorted({"sparsegpt" if m in SPARSE else m for m in methods if m in SPARSE or m in prune_keys},
                    key=list(prune_keys).index)
     for kind in kinds:
@@ -337,7 +339,7 @@ def train_step(job: Job, cfg: dict, target: str = "gpu", warm: bool = True) -> d
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 _apply_local_masks(shards, model, local_masks)
-            startup = _fp32_bytes(model) if world > 1 else 0   # the full fp32 model, before sharding (DTensor numel is global)
+            startup = 0        # the trainer builds on the meta device and shards before allocating (rank start-up)
     return {"step": _peak(tracker), "before": before, "startup": startup, "micro_batch": micro}
 
 
@@ -357,13 +359,14 @@ def sheared_step(job: Job, cfg: dict, target: str = "gpu") -> dict:
     from pvs.prune.sheared import build_optimizer
     from pvs.prune.sheared_masks import ShearingMasks, masked
     prune, world = cfg["prune"], job.gpus
-    seq = prune["sheared_seq_len"] or prune["calib_seq_len"]
-    micro = max(1, prune["sheared_batch_size"] // world)
+    options = job_options("sheared_llama", prune)
+    seq = options["seq_len"] or options["calib_seq_len"]
+    micro = max(1, options["batch_size"] // world)
     vocab = vocab_size(cfg)
     model = meta_model(job, vocab, ATTENTION[target])
     shape = parent_shape(job.arch)
     child = solve_shape("sheared_llama", job.ratio, job.arch)
-    prune_layers = prune["sheared_prune_layers"] or child["num_hidden_layers"] < shape["num_hidden_layers"]
+    prune_layers = options["prune_layers"] or child["num_hidden_layers"] < shape["num_hidden_layers"]
     with fake_world(world):
         if world > 1:
             distributed.shard(model, bf16=cfg["train"]["precision"] == "bf16",
@@ -429,7 +432,7 @@ def prune_step(job: Job, cfg: dict, target: str = "gpu") -> dict:
     from pvs.prune.sparsegpt import HessianAccumulator
     from pvs.prune.width import activation_importance
     prune = cfg["prune"]
-    seq = (prune["flap_calib_seq_len"] or prune["calib_seq_len"]) if job.kind == "flap" else prune["calib_seq_len"]
+    seq = job_options(job.kind, prune)["calib_seq_len"]     # the method's own calibration length
     vocab = vocab_size(cfg)
     model = meta_model(job, vocab, ATTENTION[target])
     with FakeTensorMode(allow_non_fake_inputs=True):
@@ -452,7 +455,7 @@ def prune_step(job: Job, cfg: dict, target: str = "gpu") -> dict:
                 for name in LAYER_LINEARS:
                     weight = linears[name].weight
                     W, keeps[name] = _obs_prune_allocations(weight.data, accumulators.pop(name).hessian(),
-                                                            prune["sparsegpt_blocksize"])
+                                                            job_options("sparsegpt", prune)["blocksize"])
                     weight.data.copy_(W.to(weight.dtype))
                     del W
                 for inp in inputs:
@@ -461,7 +464,7 @@ def prune_step(job: Job, cfg: dict, target: str = "gpu") -> dict:
                 _lm_loss_batch(model, seq)
                 calib = torch.randint(0, vocab, (min(BATCH_WINDOWS, prune["calib_windows"]), seq))
                 if job.kind == "minitron_width":
-                    activation_importance(model, calib, prune["minitron_aggregation"])
+                    activation_importance(model, calib, job_options("minitron_width", prune)["aggregation"])
                 elif job.kind == "flap":
                     input_statistics(model, calib)
     return {"step": _peak(tracker), "startup": 0, "micro_batch": None}

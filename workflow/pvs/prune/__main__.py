@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the config's device")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: threads_per_job)")
     parser.add_argument("--ckpt", help="checkpoint directory of Sheared-LLaMA's mask learning: written every "
-                                       "prune.sheared_checkpoint_every steps, resumed by a re-run, removed at the end")
+                                       "prune.<method>.checkpoint_every steps, resumed by a re-run, removed at the end")
     parser.add_argument("--stop-after-steps", type=int, help="Sheared-LLaMA: checkpoint and exit after this many "
                                                              "mask-learning steps (to test resume)")
     args = parser.parse_args(argv)

@@ -331,7 +331,7 @@ def with_regime(findings_text: str, cfg: dict) -> str:
     """``findings_text`` with the regime section inserted after its title (the top of findings.md)."""
     try:
         section = render_markdown(regime(cfg))
-    except RegimeError as e:
+    except ValueError as e:          # RegimeError, or a shape the solver refuses: the findings still get written
         section = f"## Regime\n\nNot computed: {e}\n"
     title, _, rest = findings_text.partition("\n")
     return f"{title}\n\n{section}\n{rest.lstrip(chr(10))}"

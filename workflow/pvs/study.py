@@ -38,6 +38,7 @@ with ``seeds`` seeds (the headline comparisons carry their noise).
 """
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from dataclasses import dataclass
@@ -366,8 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json and not args.regime:
         parser.error("--json goes with --regime")
     if args.regime:
-        from pvs import regime          # imports this module: loaded only when asked for
-        return regime.main(args.config, args.json)
+        # pvs.regime is built on this module, so it is loaded at call time, never at import (no import cycle)
+        return importlib.import_module("pvs.regime").main(args.config, args.json)
     cfg = load_config(args.config)
     errors = data_epoch_errors(cfg)
     if errors:

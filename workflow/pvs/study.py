@@ -1,6 +1,7 @@
 """The study design, defined once: the arms, the grid of runs a config asks for, and the report's outputs.
 
     python -m pvs.study config.yaml          # prints every run of the study, one per line
+    python -m pvs.study --regime config.yaml [--json]   # its regime beside the paper's (pvs.regime)
 
 Every other part reads these facts from here: the trainer (what an arm reads and how it starts), the
 rules (paths, wildcards, which runs exist), ``pvs.resources`` (tokens per job), the report (labels,
@@ -37,6 +38,7 @@ with ``seeds`` seeds (the headline comparisons carry their noise).
 """
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from dataclasses import dataclass
@@ -357,7 +359,16 @@ REPORT_FILES = {o.key: o.path for o in REPORT_OUTPUTS}
 def main(argv: list[str] | None = None) -> int:
     parser = doc_parser("python -m pvs.study", __doc__)
     parser.add_argument("config", help="study config (YAML)")
+    parser.add_argument("--regime", action="store_true",
+                        help="print the study's regime (tokens per parameter, N/P, steps, epochs, LR per arm) "
+                             "beside the paper's, computed from the config alone (pvs.regime)")
+    parser.add_argument("--json", action="store_true", help="with --regime: print it as JSON")
     args = parser.parse_args(argv)
+    if args.json and not args.regime:
+        parser.error("--json goes with --regime")
+    if args.regime:
+        # pvs.regime is built on this module, so it is loaded at call time, never at import (no import cycle)
+        return importlib.import_module("pvs.regime").main(args.config, args.json)
     cfg = load_config(args.config)
     errors = data_epoch_errors(cfg)
     if errors:

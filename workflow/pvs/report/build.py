@@ -11,7 +11,8 @@ Writes under --out (REPORT_FILES lists them):
   tables/setting2.md, .csv       S_{P+N} vs P-R_N and the winner; tables/setting3.md, .csv: S_F vs P-R_N
   figures/*.png + .pdf           loss_vs_tokens (Figure 1 left), setting2 (Figure 1 right), gap_vs_ratio,
                                  heatmap_setting1/2/3
-  findings.md                    F0 (is the parent below every scratch run at P tokens, from the learning
+  findings.md                    the regime table at the top (pvs.regime: this config beside the paper), then
+                                 F0 (is the parent below every scratch run at P tokens, from the learning
                                  curves the evaluations embed) and each finding of the paper with this run's
                                  numbers and a verdict
 
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pvs import compute
+from pvs import compute, regime
 from pvs.report import figures, findings, paper_table, tables
 from pvs.report.parent_check import Check, Curve
 from pvs.budget import format_tokens, parse_tokens
@@ -270,7 +271,7 @@ def build_report(cfg: dict, records: list[dict], out_dir: str | os.PathLike, dpi
     check = Check.of(curves, grid.parent_tokens, tables.metric(parent, LOSS) if parent is not None else None)
     items = findings.findings(t["setting1"], t["scaling"], t["setting2"], t["setting3"], grid, runs, parent,
                               cfg["report"]["match_tolerance"], check)
-    atomic_write_text(paths["findings"], findings.findings_markdown(items, grid))
+    atomic_write_text(paths["findings"], regime.with_regime(findings.findings_markdown(items, grid), cfg))
     return paths
 
 

@@ -14,7 +14,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "workflow" / "pvs"
 STAGES = ("data", "train", "prune", "evaluate", "report")
-SHARED = ("config", "study", "modeling", "compute", "resources", "budget", "cli", "versions")
+SHARED = ("config", "study", "regime", "modeling", "compute", "resources", "budget", "cli", "versions", "lock")
 # the one part of a stage package the shared layer reads: the methods' facts (pure data, no torch)
 SHARED_MAY_READ = ("pvs.prune.registry", "pvs.prune.shapes")
 # the GPU-memory check runs one step of every job type (train, prune, evaluate): a tool above the stages,

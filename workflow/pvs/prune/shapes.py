@@ -330,11 +330,6 @@ FAMILY_NEEDS = {"minitron_depth": "at least 2 layers",
 
 
 # ---------------------------------------------------------------- shape overrides
-def ratio_key(ratio: float) -> str:
-    """The key of a ratio in ``prune.<method>.shapes`` (and ``prune.sparsegpt_nm.patterns``): "0.5"."""
-    return repr(float(ratio))
-
-
 def find_override(overrides: dict | None, ratio: float) -> tuple[str, dict] | None:
     """(key, fields) of the override for ``ratio`` in ``prune.<method>.shapes`` (keys compared as numbers)."""
     for key, fields in (overrides or {}).items():

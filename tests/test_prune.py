@@ -268,7 +268,15 @@ def test_method_options_isolate_each_methods_rerun_trigger():
     assert "patterns" in method_options("sparsegpt_nm", base)["sparsegpt_nm"]
     assert "patterns" not in method_options("sparsegpt", base)["sparsegpt"]
     assert method_options("minitron_depth", base) == {"calib_windows": 32, "calib_seq_len": 256,
-                                                      "minitron_depth": {"calib_seq_len": None}}
+                                                      "match": "non_embedding",
+                                                      "minitron_depth": {"calib_seq_len": None, "shapes": {}}}
+    # prune.match and a method's shape override re-run the structured methods they concern, no sparse one
+    total = validate_config({"prune": {"match": "total", "ratios": [0.5]}})["prune"]
+    for method in METHOD_NAMES:
+        changed = method_options(method, total) != method_options(method, base)
+        assert changed == (method in ("minitron_depth", "minitron_width", "sheared_llama", "flap")), method
+    shaped = validate_config({"prune": {"flap": {"shapes": {"0.5": {"intermediate_size": 96}}}}})["prune"]
+    assert [m for m in METHOD_NAMES if method_options(m, shaped) != method_options(m, base)] == ["flap"]
     # run-only options: checkpointing more often re-runs nothing
     every = validate_config({"prune": {"sheared_llama": {"checkpoint_every": 7}}})["prune"]
     assert method_options("sheared_llama", every) == method_options("sheared_llama", base)

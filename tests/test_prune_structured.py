@@ -12,8 +12,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from pvs.modeling import count_params, load_model, save_model, shape_of
+from pvs.config import ConfigError, load_config, validate_config
+from pvs.modeling import count_params, llama_config, load_model, save_model, shape_of
 from pvs.prune import depth, flap, shapes, width
+from pvs.prune.sheared_masks import mask_specs
 from pvs.prune.common import calibration_windows, lm_loss
 
 PARENTS = {
@@ -113,6 +115,110 @@ def test_solver_errors_name_method_ratio_and_closest_ratio():
         shapes.solve_shape("minitron_width", 1.5, parent)
 
 
+# ---------------------------------------------------------------- the paper preset, overrides, total matching
+PAPER_CHILDREN_AT_HALF = {  # the paper's 8B children at r = 0.5 (FLAP: the loadable stand-in, see paper.yaml)
+    "minitron_depth": {"num_hidden_layers": 16},
+    "minitron_width": {"hidden_size": 3072, "intermediate_size": 9216},
+    "sheared_llama": {"hidden_size": 3456, "intermediate_size": 7808},
+    "flap": {"num_attention_heads": 16, "num_key_value_heads": 4, "intermediate_size": 7040},
+}
+
+
+@pytest.mark.parametrize("method", list(PAPER_CHILDREN_AT_HALF))
+def test_paper_preset_children_at_half_have_the_papers_shapes_on_the_meta_device(method):
+    cfg = load_config("configs/paper.yaml")
+    arch, vocab = cfg["parent"]["arch"], cfg["data"]["vocab_size"]
+    solution = shapes.solve_configured(method, 0.5, arch, cfg["prune"], vocab, section=method)
+    expected = {**shapes.parent_shape(arch), **PAPER_CHILDREN_AT_HALF[method]}
+    assert solution.shape == expected and solution.override
+    biases = shapes.child_biases(method, arch)
+    config = llama_config({**arch, **solution.shape}, vocab, 0, 1)      # stock LlamaConfig accepts it
+    config.attention_bias, config.mlp_bias = biases
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    layer, hd = model.model.layers[0], expected["head_dim"]
+    assert len(model.model.layers) == expected["num_hidden_layers"]
+    assert tuple(layer.self_attn.q_proj.weight.shape) == (expected["num_attention_heads"] * hd, expected["hidden_size"])
+    assert tuple(layer.self_attn.k_proj.weight.shape) == (expected["num_key_value_heads"] * hd, expected["hidden_size"])
+    assert tuple(layer.self_attn.o_proj.weight.shape) == (expected["hidden_size"], expected["num_attention_heads"] * hd)
+    assert tuple(layer.mlp.down_proj.weight.shape) == (expected["hidden_size"], expected["intermediate_size"])
+    assert tuple(model.model.embed_tokens.weight.shape) == (vocab, expected["hidden_size"])
+    params = count_params(model)
+    assert params["non_embedding"] == solution.child_params
+    assert 0.466 <= solution.achieved <= 0.508                           # the paper's 0.466-0.505 (FLAP: 0.507)
+    assert 4.45e9 < params["total"] < 4.65e9                               # "all about 4.5B"
+    assert solution.achieved_total == pytest.approx(1 - params["total"] / 8_030_261_248, abs=1e-9)
+    if method == "sheared_llama":                                          # Sheared-LLaMA's masks reach it
+        assert set(mask_specs(shapes.parent_shape(arch), solution.shape, False)) == {"hidden", "intermediate"}
+    # the recipes of the preset
+    assert cfg["prune"]["sheared_llama"]["lr"] == 1.0e-4
+    assert cfg["prune"]["minitron_width"]["aggregation"] == "sum_l2sq"
+
+
+def test_the_papers_exact_flap_child_is_refused_by_stock_llama_config_so_the_preset_uses_its_stand_in():
+    paper = shapes.PAPER_FLAP_8B
+    with pytest.raises(Exception, match="not a multiple of the number of attention heads"):
+        LlamaConfig(vocab_size=256, **paper)                                # even with head_dim 128 explicit
+    parent = PARENTS["llama-3.1-8b"]
+    with pytest.raises(ValueError, match=r"prune.flap.shapes.0.5.num_attention_heads = 20: .*stock transformers"):
+        shapes.override_shape("flap", parent, {"num_attention_heads": 20, "num_key_value_heads": 5,
+                                               "intermediate_size": 6656}, "prune.flap.shapes.0.5")
+    stand_in = {**parent, **PAPER_CHILDREN_AT_HALF["flap"]}
+    paper_params = shapes.non_embedding_params(paper, True, True)
+    assert abs(shapes.non_embedding_params(stand_in, True, True) / paper_params - 1) < 0.005
+
+
+@pytest.mark.parametrize("section,fields,key", [
+    ("flap", {"hidden_size": 64}, "prune.flap.shapes.0.5.hidden_size"),
+    ("flap", {"num_attention_heads": 2, "num_key_value_heads": 2}, "prune.flap.shapes.0.5.num_attention_heads"),
+    ("minitron_width", {"hidden_size": 64, "num_attention_heads": 2}, "prune.minitron_width.shapes.0.5.num_attention_heads"),
+    ("minitron_depth", {"num_hidden_layers": 5, "intermediate_size": 192}, "prune.minitron_depth.shapes.0.5.intermediate_size"),
+    ("minitron_depth", {"num_hidden_layers": 10}, "prune.minitron_depth.shapes.0.5.num_hidden_layers"),
+    ("sheared_llama", {"head_dim": 16}, "prune.sheared_llama.shapes.0.5.head_dim"),
+    ("sheared_llama", {"num_hidden_layers": 5}, "prune.sheared_llama.shapes.0.5.num_hidden_layers"),
+    ("sheared_llama", {"hidden_size": 256}, "prune.sheared_llama.shapes.0.5.hidden_size"),
+    ("sheared_llama", {"hidden_size": 66}, "prune.sheared_llama.shapes.0.5.num_attention_heads"),
+])
+def test_a_bad_override_is_rejected_naming_its_key(section, fields, key):
+    methods = ["minitron_depth", "minitron_width", "sheared_llama", "flap"]
+    with pytest.raises(ConfigError) as error:
+        validate_config({"prune": {"methods": methods, section: {"shapes": {"0.5": fields}}}})
+    assert key in str(error.value)
+    with pytest.raises(ConfigError, match=r"prune.flap.shapes.half: the key must be a pruning ratio"):
+        validate_config({"prune": {"flap": {"shapes": {"half": {}}}}})
+    with pytest.raises(ConfigError, match=r"prune.flap.shapes.0.5.hidden: unknown shape field|hidden"):
+        validate_config({"prune": {"flap": {"shapes": {"0.5": {"hidden": 64}}}}})
+
+
+def test_an_override_outside_the_tolerance_is_used_and_reports_its_ratio():
+    parent = PARENTS["default"]          # a width child removing only ~6%: the rule's +-0.03 does not apply
+    cfg = validate_config({"prune": {"methods": ["minitron_width"], "ratios": [0.5],
+                                     "minitron_width": {"shapes": {"0.5": {"hidden_size": 120}}}}})
+    solution = shapes.solve_configured("minitron_width", 0.5, parent, cfg["prune"])
+    assert solution.override and solution.shape == {**parent, "hidden_size": 120}
+    assert solution.achieved == pytest.approx(shapes.shape_ratio("minitron_width", 0.5, parent, solution.shape))
+    assert solution.achieved < 0.1 and math.isnan(solution.achieved_total)            # no vocabulary given
+    flat = {"shapes": {"0.5": {"hidden_size": 120}}, "match": "non_embedding"}      # a method's job options
+    assert shapes.solve_configured("minitron_width", 0.5, parent, flat).shape == solution.shape
+    assert not shapes.solve_configured("minitron_width", 0.6, parent, flat).override  # other ratios: the rule
+
+
+@pytest.mark.parametrize("method", shapes.STRUCTURED)
+def test_matching_total_parameters_hits_the_total_ratio(method):
+    parent = {**PARENTS["llama-3.1-8b"], "vocab_size": 128256}
+    for ratio in RATIOS:
+        by_blocks = shapes.solve(method, ratio, parent)
+        by_total = shapes.solve(method, ratio, parent, match="total")
+        assert by_total.match == "total" and abs(by_total.achieved_total - ratio) <= shapes.TOLERANCE
+        assert by_total.achieved >= by_blocks.achieved - 1e-9          # the embedding is kept: cut more blocks
+        assert by_blocks.achieved_total == pytest.approx(shapes.total_ratio(method, ratio, parent, by_blocks.shape))
+        LlamaConfig(vocab_size=256, **by_total.shape)
+    with pytest.raises(ValueError, match="vocabulary size"):
+        shapes.solve(method, 0.5, PARENTS["llama-3.1-8b"], match="total")
+    with pytest.raises(ConfigError, match="prune.match"):
+        validate_config({"prune": {"match": "blocks"}})
+
+
 # ---------------------------------------------------------------- aggregation and statistics
 def test_width_aggregation_on_a_hand_made_tensor():
     # two windows of four tokens; channel 0 is steady (|x| = 1 everywhere), channel 1 a single spike of 5
@@ -124,6 +230,11 @@ def test_width_aggregation_on_a_hand_made_tensor():
     # mean_l2: per-window L2 over tokens (2 and 2; 5 and 0), mean over windows -> ranks the spike first
     torch.testing.assert_close(width.aggregate(x, "mean_l2"), torch.tensor([2.0, 2.5], dtype=torch.float64))
     torch.testing.assert_close(width.aggregate(x, "mean_mean"), torch.tensor([1.0, 0.625], dtype=torch.float64))
+    # sum_l2sq: per window the sum of squares over tokens (4 and 4; 25 and 0), summed over windows
+    torch.testing.assert_close(width.aggregate(x, "sum_l2sq"), torch.tensor([8.0, 25.0], dtype=torch.float64))
+    # ... which is the authors' hook (prune_width.py) run on batches of one window, accumulated with +=
+    authors = sum(w.abs().mean(dim=0).pow(2).sum(dim=0) for w in x.split(1))
+    torch.testing.assert_close(width.aggregate(x, "sum_l2sq"), authors.double())
     streamed = width.ChannelImportance()  # windows fed in separate batches give the same result
     streamed.add(x[:1])
     streamed.add(x[1:])
@@ -144,7 +255,8 @@ def test_flap_statistics_scores_and_compensation_keep_the_output_mean():
     linear = torch.nn.Linear(12, 5, bias=False)
     torch.testing.assert_close(flap.wifv(stats.variance(), linear.weight),
                                flat.var(0) * linear.weight.double().pow(2).sum(0))
-    assert torch.equal(flap.group_scores(torch.arange(8.0), 2), torch.tensor([6.0, 22.0]))
+    # KV-group score = sum of the squared channel WIFV (the reference squares before summing)
+    assert torch.equal(flap.group_scores(torch.arange(8.0), 2), torch.tensor([14.0, 126.0]))
     z = flap.standardize(torch.tensor([[1.0, 2.0, 3.0], [4.0, 4.0, 4.0]]))
     torch.testing.assert_close(z, torch.tensor([[-1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]))
     # mean compensation: the pruned linear's output, averaged over the calibration tokens, is unchanged
@@ -268,3 +380,58 @@ def test_bias_compensation_keeps_the_residual_stream_mean_on_held_out_text(child
     drift = {name: (_residual_means(children[name].model, val) - parent).norm(dim=1) for name in ("flap", "flap_plain")}
     print(f"residual-mean drift per layer: compensated {drift['flap'].tolist()}, plain {drift['flap_plain'].tolist()}")
     assert torch.all(drift["flap"] < 0.75 * drift["flap_plain"])
+
+
+def test_flap_group_score_equals_the_reference_formula_on_a_hand_built_example():
+    """CASIA-IVA-Lab/FLAP lib/prune.py prune_flap (GQA patch: reshape by head_dim * gqa_groups):
+    W_metric = (fluc_inp * sum(W ** 2, dim=0)) ** 2, then W_metric.reshape(-1, head_dim * groups).sum(dim=1)."""
+    head_dim, per_group, kv_heads = 2, 2, 2                  # 2 KV groups x 2 query heads x head_dim 2 = 8 channels
+    variance = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    weight = torch.zeros(3, 8)
+    weight[0, :4] = 2.0                                       # group 0: four channels of WIFV 4 (sum 16, squares 64)
+    weight[0, 4] = 3.0                                        # group 1: one channel of WIFV 9   (sum 9, squares 81)
+    reference = (variance * weight.double().pow(2).sum(dim=0)) ** 2
+    reference = reference.reshape(-1, head_dim * per_group).sum(dim=1)
+    ours = flap.group_scores(flap.wifv(variance, weight), kv_heads)
+    torch.testing.assert_close(ours, reference)
+    torch.testing.assert_close(ours, torch.tensor([64.0, 81.0], dtype=torch.float64))
+    assert ours.argmax() == 1          # squaring first ranks the concentrated group first (summing first: group 0)
+
+
+def _tiny_llama(layers: int = 2) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=4)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_width_hooks_only_the_two_per_layer_norms_and_sum_l2sq_equals_the_authors_collection():
+    model = _tiny_llama()
+    norms = width.norms_of(model)
+    assert len(norms) == 2 * model.config.num_hidden_layers and all(n is not model.model.norm for n in norms)
+    calib = torch.randint(0, 64, (3, 8), generator=torch.Generator().manual_seed(1))
+    hidden, neurons = width.activation_importance(model, calib, "sum_l2sq")
+    # the authors' hooks (prune_width.py width_prune), run as their scorer runs: one window per forward
+    hidden_ref = torch.zeros(16, dtype=torch.float64)
+    ffn_ref = torch.zeros(2, 32, dtype=torch.float64)
+
+    def ln_hook(module, inputs, outputs):
+        hidden_ref.add_(outputs.abs().mean(dim=0).pow(2).sum(dim=0).double())
+
+    def ffn_hook(i):
+        def hook(module, inputs, outputs):
+            ffn_ref[i].add_(inputs[0].abs().mean(dim=0).pow(2).sum(dim=0).double())
+        return hook
+
+    handles = []
+    for i, layer in enumerate(model.model.layers):
+        handles += [layer.input_layernorm.register_forward_hook(ln_hook),
+                    layer.post_attention_layernorm.register_forward_hook(ln_hook),
+                    layer.mlp.down_proj.register_forward_hook(ffn_hook(i))]
+    with torch.no_grad():
+        for window in calib.split(1):
+            model(input_ids=window, use_cache=False)
+    for handle in handles:
+        handle.remove()
+    torch.testing.assert_close(hidden, hidden_ref, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(neurons, ffn_ref, rtol=1e-5, atol=1e-8)

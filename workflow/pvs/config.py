@@ -113,7 +113,7 @@ def _semantic_errors(cfg: dict) -> list[str]:
     errors += _nm_errors(cfg["prune"])
     arch = cfg["parent"]["arch"]
     if cfg["parent"]["source"] == "train" and not arch["num_attention_heads"] % arch["num_key_value_heads"]:
-        errors += _shape_errors(cfg["prune"]["methods"], cfg["prune"]["ratios"], arch)
+        errors += _shape_errors(cfg["prune"], arch, cfg["data"]["vocab_size"])
     if arch["num_attention_heads"] % arch["num_key_value_heads"]:
         errors.append(f"parent.arch.num_key_value_heads = {arch['num_key_value_heads']!r}: "
                       f"must divide num_attention_heads = {arch['num_attention_heads']}")
@@ -207,13 +207,16 @@ def _nm_errors(prune: dict) -> list[str]:
     return errors
 
 
-def _shape_errors(methods: list[str], ratios: list[float], arch: dict) -> list[str]:
-    """Every structured method must reach every ratio on the configured parent (its shape solver rule)."""
-    errors = []
-    for method in (m for m in methods if m in METHODS and METHODS[m].shape_rule):
-        for ratio in (r for r in ratios if 0 < r < 1):
+def _shape_errors(prune: dict, arch: dict, vocab_size: int) -> list[str]:
+    """Every prune.<method>.shapes override lies in its method's family, and every structured method reaches
+    every ratio on the configured parent (its override, or its shape solver rule under prune.match)."""
+    errors = shapes.override_errors(prune, arch, [m for m in METHODS if METHODS[m].shape_rule])
+    if errors:
+        return errors
+    for method in (m for m in prune["methods"] if m in METHODS and METHODS[m].shape_rule):
+        for ratio in (r for r in prune["ratios"] if 0 < r < 1):
             try:
-                shapes.solve(METHODS[method].shape_rule, ratio, arch)
+                shapes.solve_configured(METHODS[method].shape_rule, ratio, arch, prune, vocab_size, section=method)
             except ValueError as e:
                 errors.append(f"prune.methods {method!r} at ratio {ratio!r} on parent.arch: {e}")
     return errors

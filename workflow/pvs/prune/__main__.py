@@ -9,7 +9,8 @@ defaults come from the schema and the method registry). A method that learns mas
 (Sheared-LLaMA: enough distinct windows for ``prune.sheared_llama.mask_tokens``, at most the whole split).
 The method's options are its ``prune.<method>`` section (pvs.prune.registry). Writes into OUT: a Hugging Face
 checkpoint (safetensors, tokenizer files copied from the parent), ``masks.safetensors`` for sparse
-methods, and ``meta.json`` last (method, target and achieved ratio, parameter counts, shapes,
+methods, and ``meta.json`` last (method, target and achieved ratio over non-embedding and over total parameters,
+what the shape solver matched, parameter counts, shapes,
 calibration, time, device, library versions, method facts). A directory without meta.json is an
 interrupted run.
 
@@ -129,6 +130,8 @@ def run(args: argparse.Namespace, cfg: dict, options: dict) -> dict:
     meta = {
         "method": args.method, "target_ratio": args.ratio,
         "achieved_ratio": achieved_ratio(parent_params, child_params),
+        "achieved_ratio_total": 1.0 - child_params["total"] / parent_params["total"],
+        "match": options.get("match"),         # what the shape solver matched (structured methods; sparse: null)
         "params": {"parent": parent_params, "child": child_params},
         "shape": {"parent": parent_shape, "child": shape_of(child.config)},
         "sparse": method.sparse,

@@ -1,6 +1,8 @@
 """Minitron depth pruning (arXiv 2407.14679, 2408.11796): drop the contiguous block of layers that hurts least.
 
-For a ratio r on a parent of L layers, k = round(r * L) consecutive layers are removed (1 <= k < L).
+For a ratio r on a parent of L layers, k = round(r * L) consecutive layers are removed (1 <= k < L), or
+the count the shape solver gives under ``prune.match: total`` or an explicit ``prune.minitron_depth.shapes``
+override (:func:`pvs.prune.shapes.solve_configured`; the paper preset's 8B child at 0.5 keeps 16 of 32).
 Every start position s in 0..L-k is scored by the language-modelling loss, on the calibration windows,
 of the parent without layers s..s+k-1 (evaluated by the model's own forward with those layers left out);
 the block with the lowest loss is removed for good. The remaining layers are re-indexed (each
@@ -16,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from pvs.prune.common import PruneResult, decoder_layers, lm_loss, log
+from pvs.prune.shapes import solution_info, solve_configured
 
 PER_LAYER_CONFIG_LISTS = ("layer_types",)  # config fields holding one entry per decoder layer
 
@@ -76,14 +79,17 @@ def prune(model: torch.nn.Module, calib: torch.Tensor, ratio: float, options: di
     """Remove the contiguous block of round(ratio * L) layers with the lowest calibration loss."""
     model.eval()
     num_layers = model.config.num_hidden_layers
-    k = layers_to_remove(ratio, num_layers)
+    configured = options.get("shapes") or options.get("match", "non_embedding") != "non_embedding"
+    solution = solve_configured("minitron_depth", ratio, model.config, options) if configured else None
+    k = num_layers - solution.shape["num_hidden_layers"] if solution else layers_to_remove(ratio, num_layers)
     parent_loss = lm_loss(model, calib)
     scores = score_blocks(model, calib, k)
     best = min(scores, key=lambda s: s["loss"])
     log(f"depth: parent calib loss {parent_loss:.4f}; removing layers {best['start']}..{best['end'] - 1} "
         f"(loss {best['loss']:.4f}) of {num_layers}")
     remove_block(model, best["start"], k)
-    info = {"layers_removed": k, "removed_start": best["start"], "removed_end": best["end"],
+    info = {"solver": solution_info(solution) if solution else {"match": "non_embedding", "source": "rule"},
+            "layers_removed": k, "removed_start": best["start"], "removed_end": best["end"],
             "removed_layers": list(range(best["start"], best["end"])), "parent_calib_loss": parent_loss,
             "child_calib_loss": best["loss"], "candidates": scores}
     return PruneResult(model=model, masks=None, info=info)

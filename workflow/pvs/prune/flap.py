@@ -1,14 +1,23 @@
 """FLAP (An, Zhao, Yu, Tang & Wang, arXiv 2312.11983): fluctuation-based structured pruning with bias compensation.
 
 The child shape (KV groups and MLP width, the same in every layer; hidden size kept) comes from the
-shape solver (:func:`pvs.prune.shapes.solve_shape`). One forward pass of the calibration windows
+shape solver (:func:`pvs.prune.shapes.solve_configured`: the rule, ``prune.match``, or an explicit
+``prune.flap.shapes`` override). One forward pass of the calibration windows
 through the *unpruned* parent, with forward pre-hooks on every ``o_proj`` and ``down_proj``, gathers
 per input channel the mean and the (unbiased) variance over all calibration tokens, as the reference
 does before cutting anything.
 
 * **WIFV score** of input channel j of a linear W: Var_tokens(x_j) * ||W[:, j]||^2. For ``down_proj`` a
-  channel is an MLP neuron. For ``o_proj`` the channels of one KV group (its query heads x head_dim)
-  are summed: GQA is kept by removing a KV head together with all of its query heads.
+  channel is an MLP neuron. For ``o_proj`` the per-channel score is **squared first, then summed** over
+  the channels of one KV group (its query heads x head_dim): group g scores sum_{j in g} (Var(x_j) *
+  ||W[:, j]||^2)^2. This is the reference's line in CASIA-IVA-Lab/FLAP ``lib/prune.py``, ``prune_flap``:
+  ``W_metric = metrics[args.metrics](wrapped_layers, subset, name) ** 2`` for ``self_attn.o_proj`` (the
+  MLP's metric is not squared), followed for uniform layers (UL-UM) by ``W_metric.reshape(-1, 128).sum(dim=1)``;
+  the authors' GQA patch (Zephyr271828/llm-pruning-collection-fork ``pruning/FLAP/lib/prune.py``) reshapes
+  by ``head_dim * gqa_groups`` instead, i.e. per KV group, as here. GQA is kept by removing a KV head
+  together with all of its query heads. (For its adaptive AL-AM structure the reference standardizes the
+  squared channel scores and averages them per head; with uniform per-layer counts, as here, the ranking
+  within a layer is the UL-UM one.)
 * **Standardization**: per layer and per structure (attention groups / MLP neurons) the scores become
   (s - mean) / std, the paper's normalization that makes scores comparable across layers and structures
   (a single score, or equal scores, standardize to 0). The per-layer counts are uniform here (stock
@@ -29,7 +38,7 @@ import torch
 
 from pvs.prune import registry
 from pvs.prune.common import PruneResult, decoder_layers, lm_loss, log
-from pvs.prune.shapes import solve_shape
+from pvs.prune.shapes import solution_info, solve_configured
 from pvs.prune.structured import (add_to_bias_, calibration_forward, head_dim_of, random_subset, set_shape_, sorted_top,
                                   take_linear_)
 
@@ -84,8 +93,9 @@ def wifv(variance: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def group_scores(channel_scores: torch.Tensor, kv_heads: int) -> torch.Tensor:
-    """Sum the o_proj channel scores of each KV group (its query heads' head_dim channels, contiguous)."""
-    return channel_scores.reshape(kv_heads, -1).sum(1)
+    """Per KV group, the sum of the *squared* o_proj channel scores over its query heads' head_dim channels
+    (contiguous): the reference squares the WIFV of each channel before summing (see the module docstring)."""
+    return channel_scores.pow(2).reshape(kv_heads, -1).sum(1)
 
 
 def standardize(scores: torch.Tensor) -> torch.Tensor:
@@ -184,7 +194,8 @@ def _prune(model: torch.nn.Module, calib: torch.Tensor, ratio: float, options: d
            random_units: bool) -> PruneResult:
     model.eval()
     config = model.config
-    shape = solve_shape("flap", ratio, config)
+    solution = solve_configured("flap", ratio, config, options)
+    shape = solution.shape
     per_group = _check_shape(model, shape)
     compensate = bool(option(options, "bias_compensation"))
     parent_loss = lm_loss(model, calib)
@@ -206,7 +217,7 @@ def _prune(model: torch.nn.Module, calib: torch.Tensor, ratio: float, options: d
     log(f"flap{' (random units)' if random_units else ''}: KV groups {group_score.shape[1]} -> "
         f"{shape['num_key_value_heads']}, MLP {neuron_score.shape[1]} -> {shape['intermediate_size']} per layer, "
         f"bias compensation {compensate}; calib loss {parent_loss:.4f} -> {child_loss:.4f}")
-    info = {"shape": shape, "metric": "random" if random_units else "WIFV", "bias_compensation": compensate,
+    info = {"shape": shape, "solver": solution_info(solution), "metric": "random" if random_units else "WIFV", "bias_compensation": compensate,
             "calibration_tokens": stats[0]["o_proj"].tokens, "parent_calib_loss": parent_loss,
             "child_calib_loss": child_loss, "kept_kv_groups": keep_groups.tolist(),
             "standardized_group_scores": group_score.tolist()}

@@ -10,7 +10,10 @@ rule for its child (:mod:`pvs.prune.shapes`; None for sparse methods), its optio
 the job runs (no re-run when they change).
 
 Every method's options include ``calib_seq_len``: its calibration window length (null = the shared
-``prune.calib_seq_len``; the paper calibrates FLAP on 128-token windows and the others on 8192).
+``prune.calib_seq_len``; the paper calibrates FLAP on 128-token windows and the others on 8192). Every
+structured method's options include ``shapes``: explicit child shapes by ratio (``{"0.5": {hidden_size:
+...}}``, see :mod:`pvs.prune.shapes`), and structured methods also see the shared ``prune.match`` (whether the
+solver matches non-embedding or total parameters); sparse methods do not, so changing it re-runs none of them.
 
 Adding a method = one module under ``pvs/prune/`` + one record in ``RECORDS`` + its ``prune.<method>``
 section in workflow/schemas/config.schema.yaml (tests/test_registry.py does exactly that with a toy
@@ -25,6 +28,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 SHARED_OPTIONS = ("calib_windows", "calib_seq_len")   # the calibration every method sees (prune.*)
+STRUCTURED_SHARED_OPTIONS = ("match",)                 # what every method with a shape rule sees (prune.*)
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,7 @@ class MethodRecord:
     run_only: tuple[str, ...] = ()
 
     def __post_init__(self):
-        options = {"calib_seq_len": None, **self.options}
+        options = {"calib_seq_len": None, **({"shapes": {}} if self.shape_rule else {}), **self.options}
         object.__setattr__(self, "options", MappingProxyType(options))
         unknown = set(self.run_only) - set(options)
         if unknown:
@@ -53,6 +57,10 @@ class MethodRecord:
     def section(self, prune_config: dict) -> dict:
         """The method's options from ``prune.<name>`` with the registry's defaults for missing keys."""
         return {**self.options, **(prune_config.get(self.name) or {})}
+
+    def shared_options(self) -> tuple[str, ...]:
+        """The prune.* keys this method sees besides its own section."""
+        return SHARED_OPTIONS + (STRUCTURED_SHARED_OPTIONS if self.shape_rule else ())
 
     def calibration_seq_len(self, prune_config: dict) -> int:
         """Tokens per calibration window: the method's own ``calib_seq_len`` or the shared one."""
@@ -129,14 +137,14 @@ def method_options(method: str, prune_config: dict) -> dict:
     changing how often a job checkpoints re-runs nothing of this one."""
     rec = record(method)
     own = {k: v for k, v in rec.section(prune_config).items() if k not in rec.run_only}
-    return {**{k: prune_config[k] for k in SHARED_OPTIONS}, method: own}
+    return {**{k: prune_config[k] for k in rec.shared_options() if k in prune_config}, method: own}
 
 
 def job_options(method: str, prune_config: dict) -> dict:
     """The flat options a method's ``prune`` reads: its section's options plus the shared calibration keys,
     with ``calib_seq_len`` resolved to the method's own length."""
     rec = record(method)
-    return {**{k: prune_config[k] for k in SHARED_OPTIONS}, **rec.section(prune_config),
+    return {**{k: prune_config[k] for k in rec.shared_options() if k in prune_config}, **rec.section(prune_config),
             "calib_seq_len": rec.calibration_seq_len(prune_config)}
 
 

@@ -1,7 +1,9 @@
 """Sheared-LLaMA targeted structured pruning (Xia, Gao, Zeng & Chen, arXiv 2310.06694), on a stock HF Llama.
 
-1. Target: ``solve_shape("sheared_llama", ratio, parent_shape)`` gives the child architecture (uniform
-   across layers; head_dim kept).
+1. Target: ``solve_configured("sheared_llama", ratio, parent, options)`` gives the child architecture
+   (uniform across layers; head_dim kept): the solver's rule, ``prune.match``, or an explicit
+   ``prune.sheared_llama.shapes`` override (the paper preset's 8B target at 0.5: hidden 3456, 32 / 8
+   heads, MLP 7808).
 2. Mask learning: hard-concrete masks over hidden channels, MLP neurons, KV groups / query heads (and
    optionally layers; see :mod:`pvs.prune.sheared_masks`) are applied by forward hooks and learned
    *jointly with the weights* on the LM loss plus the Lagrangian terms, which push each structure's
@@ -38,7 +40,7 @@ from tqdm import tqdm
 from pvs.train import checkpoint, distributed
 from pvs.prune import registry
 from pvs.prune.common import PruneResult, Stopped, lm_loss, log, model_device
-from pvs.prune.shapes import parent_shape, solve_shape
+from pvs.prune.shapes import parent_shape, solve_configured
 from pvs.prune.sheared_cut import cut_model, fold_masks_, plan_from_masks, random_plan
 from pvs.prune.sheared_masks import ShearingMasks, masked
 
@@ -55,9 +57,10 @@ def option(options: dict, key: str):
     return registry.option("sheared_llama", options, key)
 
 
-def target_shape(ratio: float, config) -> dict:
-    """The child shape the shape solver assigns Sheared-LLaMA at this ratio."""
-    return solve_shape("sheared_llama", ratio, config)
+def target_shape(ratio: float, config, options: dict | None = None) -> dict:
+    """The child shape the shape solver assigns Sheared-LLaMA at this ratio (``options``: its job options,
+    holding the ``shapes`` override and ``match``)."""
+    return solve_configured("sheared_llama", ratio, config, options or {}).shape
 
 
 # -------------------------------------------------------------------- tokens
@@ -259,14 +262,14 @@ def gathered(model: torch.nn.Module, device: torch.device) -> torch.nn.Module | 
 
 def prune(model: torch.nn.Module, calib: torch.Tensor, ratio: float, options: dict) -> PruneResult:
     """Sheared-LLaMA to the shape solver's target for ``ratio``."""
-    return shear(model, calib, target_shape(ratio, model.config), options)
+    return shear(model, calib, target_shape(ratio, model.config, options), options)
 
 
 @torch.no_grad()
 def prune_random(model: torch.nn.Module, calib: torch.Tensor, ratio: float, options: dict,
                  target: dict | None = None) -> PruneResult:
     """Baseline: the same target shape with seeded random channels, neurons, heads and layers; no training."""
-    target = target or target_shape(ratio, model.config)
+    target = target or target_shape(ratio, model.config, options)
     plan = random_plan(parent_shape(model.config), target, torch.Generator().manual_seed(options.get("seed", 0)))
     child = cut_model(model, plan).eval()
     return PruneResult(model=child, masks=None, info={"target_shape": target, "kept": {"layers": plan.layers},

@@ -27,6 +27,14 @@ linear of the current layer (an 8B Llama in fp32 with 128 × 2048 calibration to
 layer-by-layer CPU offloading of the model is not implemented.
 
 ``magnitude_prune`` is the plain per-matrix magnitude baseline (same exact counts and N:M groups).
+
+**What N:M means here.** N weights are *kept* in every group of M consecutive weights along a row's inputs
+(M − N pruned), so the sparsity is 1 − N/M. ``prune.sparsegpt_nm.patterns`` maps each ratio to its pattern:
+2:4 at 0.5 (the paper's "SparseGPT 2:4"), 2:5 at 0.6, 3:10 at 0.7 and 1:5 at 0.8. The paper names only 2:4;
+the patterns for 0.6–0.8 are this project's choice (the smallest M that gives the ratio exactly; no M <= 5
+gives 0.7, hence 3:10). They are **not hardware patterns**: only 2:4 runs on NVIDIA's sparse tensor cores;
+2:5, 3:10 and 1:5 are stored and computed densely (zeros in a dense matrix), so they save neither time nor
+memory. They serve the study as semi-structured sparsity at those ratios, nothing more.
 """
 from __future__ import annotations
 

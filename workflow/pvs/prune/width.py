@@ -1,12 +1,16 @@
 """Minitron width pruning (Muralidharan et al., arXiv 2407.14679): drop hidden channels and MLP neurons.
 
 Attention heads and head_dim are untouched. The child shape (hidden size, MLP width) comes from the
-shape solver (:func:`pvs.prune.shapes.solve_shape`). Importance is activation-based, from one forward
-pass of the calibration windows with forward hooks (no layer is replaced):
+shape solver (:func:`pvs.prune.shapes.solve_configured`: the rule, ``prune.match``, or an explicit
+``prune.minitron_width.shapes`` override). Importance is activation-based, from one forward pass of the
+calibration windows with forward hooks (no layer is replaced):
 
 * MLP neuron i of layer l: the magnitude of the ``down_proj`` input act(gate(x)) * up(x), channel i;
-* hidden channel c: the magnitude of the output of every RMSNorm (each layer's ``input_layernorm`` and
-  ``post_attention_layernorm``, and the final ``norm``), channel c, summed over those 2L + 1 norms.
+* hidden channel c: the magnitude of the output of the two per-layer RMSNorms (each layer's
+  ``input_layernorm`` and ``post_attention_layernorm``), channel c, summed over those 2L norms. The final
+  ``norm`` is not hooked, as in both references (zlab-princeton/llm-pruning-collection
+  ``pruning/minitron/prune_width.py``, ``width_prune``: ``LN_hook`` on the two norms of every layer; NVIDIA
+  Model-Optimizer ``modelopt/torch/nas/plugins/megatron.py``: the layer norms inside the decoder layers).
 
 Aggregation over tokens, ``prune.minitron_width.aggregation`` as "<batch>_<sequence>": first |x| is reduced
 over the sequence of each window, then over the windows (the batch). The default ``l2_mean`` takes the
@@ -16,6 +20,16 @@ L2 over the batch with mean over the sequence is the combination it recommends f
 ``mean_mean`` and ``mean_l2`` (mean over windows of the sequence L2 norm) are available for comparison.
 Aggregating per window and accumulating sums (of squares) makes the result independent of how windows
 are batched.
+
+``sum_l2sq`` reproduces the authors' collection exactly (``prune_width.py``, ``ffn_hook`` and ``LN_hook``):
+on a batch-first (batch, seq, channels) HF tensor it takes ``x.abs().mean(dim=0)`` (the mean over the batch,
+which is one window: its scorer ``get_ppl`` runs ``batch_size=1``), then ``.pow(2).sum(dim=0)`` (the sum of
+squares over the sequence), and adds it up over forwards without a square root. Per channel that is
+``sum_b sum_s x_bsc^2``: the squared L2 norm over each window's tokens, summed over the windows (and, for
+hidden channels, over the 2L norms). Model-Optimizer runs the same two lines on Megatron's sequence-first
+(seq, batch, channels) tensors, so there they mean the sequence and sum squares over the batch: that is
+``l2_mean`` (up to its final square root, which does not change the ranking of one structure). The collection
+hooks fp16 activations; we accumulate in float64 (a deviation in rounding only).
 
 The hidden channels kept are shared by every layer (the residual stream is one space); the MLP
 neurons kept are chosen per layer. Slicing: embedding columns, every RMSNorm weight, q/k/v and
@@ -30,11 +44,11 @@ import torch
 
 from pvs.prune import registry
 from pvs.prune.common import PruneResult, decoder_layers, lm_loss, log
-from pvs.prune.shapes import solve_shape
+from pvs.prune.shapes import solution_info, solve_configured
 from pvs.prune.structured import (calibration_forward, head_dim_of, random_subset, set_shape_, sorted_top,
                                   take_embedding_columns_, take_linear_, take_norm_)
 
-AGGREGATIONS = ("l2_mean", "mean_mean", "mean_l2")
+AGGREGATIONS = ("l2_mean", "mean_mean", "mean_l2", "sum_l2sq")
 DEFAULT_AGGREGATION = "l2_mean"
 def option(options: dict, key: str):
     """An option of ``prune.minitron_width`` (defaults: the registry's record)."""
@@ -51,8 +65,10 @@ def parse_aggregation(name: str) -> tuple[str, str]:
 
 
 def reduce_sequence(x: torch.Tensor, how: str) -> torch.Tensor:
-    """(windows, tokens, channels) -> (windows, channels): mean or L2 norm of |x| over the tokens."""
-    x = x.detach().float().abs()
+    """(windows, tokens, channels) -> (windows, channels): mean, L2 norm or squared L2 norm of |x| over the tokens."""
+    x = x.detach().double().abs()
+    if how == "l2sq":
+        return x.pow(2).sum(dim=1)
     return x.mean(dim=1) if how == "mean" else x.norm(dim=1)
 
 
@@ -65,13 +81,15 @@ class ChannelImportance:
         self.windows = 0
 
     def add(self, x: torch.Tensor) -> None:
-        per_window = reduce_sequence(x, self.seq).double()
+        per_window = reduce_sequence(x, self.seq)
         part = per_window.pow(2).sum(0) if self.batch == "l2" else per_window.sum(0)
         self.total = part if self.total is None else self.total + part
         self.windows += per_window.shape[0]
 
     def value(self) -> torch.Tensor:
-        return self.total.sqrt() if self.batch == "l2" else self.total / self.windows
+        if self.batch == "l2":
+            return self.total.sqrt()
+        return self.total if self.batch == "sum" else self.total / self.windows
 
 
 def aggregate(x: torch.Tensor, aggregation: str = DEFAULT_AGGREGATION) -> torch.Tensor:
@@ -95,9 +113,8 @@ def _input_hook(importance: ChannelImportance):
 
 
 def norms_of(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """Every RMSNorm on the residual stream: input and post-attention norm of each layer, then the final norm."""
-    norms = [n for layer in decoder_layers(model) for n in (layer.input_layernorm, layer.post_attention_layernorm)]
-    return norms + [model.model.norm]
+    """The hooked RMSNorms: input and post-attention norm of each layer (not the final norm, as the references)."""
+    return [n for layer in decoder_layers(model) for n in (layer.input_layernorm, layer.post_attention_layernorm)]
 
 
 @torch.no_grad()
@@ -165,7 +182,8 @@ def _kept_fraction(scores: torch.Tensor, keep: torch.Tensor) -> float:
 def prune(model: torch.nn.Module, calib: torch.Tensor, ratio: float, options: dict) -> PruneResult:
     """Keep the solver's number of hidden channels (shared) and MLP neurons (per layer) with the top importance."""
     model.eval()
-    shape = solve_shape("minitron_width", ratio, model.config)
+    solution = solve_configured("minitron_width", ratio, model.config, options)
+    shape = solution.shape
     _check_heads_kept(model, shape)
     aggregation = option(options, "aggregation")
     parent_loss = lm_loss(model, calib)
@@ -177,7 +195,7 @@ def prune(model: torch.nn.Module, calib: torch.Tensor, ratio: float, options: di
     child_loss = lm_loss(model, calib)
     log(f"minitron_width: hidden {len(hidden_scores)} -> {shape['hidden_size']}, MLP {neuron_scores.shape[1]} -> "
         f"{shape['intermediate_size']}; calib loss {parent_loss:.4f} -> {child_loss:.4f}")
-    info = {"shape": shape, "aggregation": aggregation, "parent_calib_loss": parent_loss,
+    info = {"shape": shape, "solver": solution_info(solution), "aggregation": aggregation, "parent_calib_loss": parent_loss,
             "child_calib_loss": child_loss, "kept_hidden": hidden_keep.tolist(),
             "hidden_importance_kept": _kept_fraction(hidden_scores, hidden_keep),
             "neuron_importance_kept": [_kept_fraction(s, k) for s, k in zip(neuron_scores, neuron_keep)]}
@@ -188,7 +206,7 @@ def prune(model: torch.nn.Module, calib: torch.Tensor, ratio: float, options: di
 def prune_random(model: torch.nn.Module, calib: torch.Tensor, ratio: float, options: dict) -> PruneResult:
     """The same shape as :func:`prune`, hidden channels and per-layer neurons drawn from ``options['seed']``."""
     model.eval()
-    shape = solve_shape("minitron_width", ratio, model.config)
+    shape = solve_configured("minitron_width", ratio, model.config, options).shape
     _check_heads_kept(model, shape)
     generator = torch.Generator().manual_seed(int(options.get("seed", 0)))
     config = model.config

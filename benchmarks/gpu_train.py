@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     g = torch.Generator(device=device).manual_seed(ctx.rank)
     batches = [torch.randint(0, config.vocab_size, (args.micro_batch, args.seq_len + 1), device=device, generator=g)
                for _ in range(args.accum)]
-    micro_batches = [(b[:, :-1], b[:, 1:]) for b in batches]
+    micro_batches = [(b[:, :-1].contiguous(), b[:, 1:].contiguous()) for b in batches]
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

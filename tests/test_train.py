@@ -445,3 +445,41 @@ def test_per_layer_compile_follows_the_eager_trainer(byte_splits, config_file, t
                                                                          abs=1e-5)
     assert load_file(str(tmp_path / "compiled" / "model.safetensors")).keys() == \
         load_file(str(tmp_path / "eager" / "model.safetensors")).keys()
+
+
+def test_gpu_benchmark_and_check_run_at_toy_size_on_the_cpu(tmp_path, monkeypatch):
+    """benchmarks/gpu_train.py (the trainer's step) and the parts of benchmarks/gpu_check.sh at toy size: the
+    MFU counts attention (6N + 12 L H Q T), SparseGPT prunes both layers, lm-eval scores the generated tasks,
+    and the estimator configs are valid study configs of the parts' shapes."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))
+    import gpu_check
+    import gpu_train
+
+    out = tmp_path / "train.json"
+    assert gpu_train.main(["--size", "tiny", "--device", "cpu", "--seq-len", "32", "--micro-batch", "2", "--accum", "2",
+                           "--steps", "1", "--warmup", "1", "--precision", "fp32", "--loss-chunk-tokens", "16",
+                           "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    f = result["flops_per_token"]
+    assert f["attention"] == 12 * 2 * 4 * 16 * 32 and f["per_token"] == f["six_n"] + f["attention"]
+    assert f["N_matmul_params"] == 2 * (64 * 64 * 2 + 2 * 64 * 32 + 3 * 64 * 128) + 512 * 64
+    assert result["mfu"] > result["mfu_6n"] > 0 and result["tokens_per_step"] == 128
+    plan = gpu_check.plan(True, "cpu")
+    pruned = gpu_check.prune_part(plan, "cpu")
+    assert pruned["layers"] == 2 and pruned["sparsity"] == pytest.approx(0.5)
+    scored = gpu_check.evaluate_part(plan, "cpu")
+    assert set(scored["metrics"]) == {"lmeval/heldout_mc", "lmeval/heldout_cloze", "lmeval/avg"}
+    assert scored["n_samples"] == {"heldout_mc": 8, "heldout_cloze": 8}
+    configs = gpu_check.estimator_configs(gpu_check.plan(False, "cuda"), tmp_path)
+    from pvs.config import load_config
+    train_cfg, prune_cfg = load_config(configs["train"][0]), load_config(configs["prune"][0])
+    assert train_cfg["parent"]["arch"]["hidden_size"] == 2048 and train_cfg["train"]["micro_batch_size"] == 2
+    assert prune_cfg["prune"]["calib_windows"] == 128 and prune_cfg["prune"]["calib_seq_len"] == 8192
+    assert prune_cfg["parent"]["arch"]["num_hidden_layers"] == 2
+    if importlib.util.find_spec("pvs.memory") is None:
+        assert gpu_check.estimate(plan, tmp_path, sys.executable)["train"]["estimate"] == "no estimate"

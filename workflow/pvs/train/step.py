@@ -127,7 +127,7 @@ def micro_batch_loss(forward, model, x: torch.Tensor, y: torch.Tensor, autocast,
             return forward(input_ids=x).logits
     with autocast():
         logits = forward(input_ids=x).logits
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
 
 
 # ---------------------------------------------------------------- compile

@@ -210,8 +210,8 @@ def compare(part: dict | None, est: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="benchmarks/gpu_check.sh", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from pvs.cli import doc_parser
+    parser = doc_parser("benchmarks/gpu_check.sh", __doc__)
     parser.add_argument("--tiny", action="store_true", help="toy sizes (a logic check, e.g. with --device cpu)")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_check.json"),

@@ -217,3 +217,44 @@ def test_sheared_llama_learns_the_same_masks_in_two_processes_and_resumes(byte_s
     # the layer-by-layer methods refuse torchrun, naming the one that runs there
     refused = prune(2, parent, byte_splits, tmp_path / "sgpt", prune_config, "--method", "sparsegpt")
     assert refused.returncode != 0 and "only sheared_llama runs under torchrun" in refused.stderr
+
+
+def test_own_units_for_embedding_and_head_chunked_loss_and_prefetch_follow_one_process(byte_splits, config, tmp_path):
+    """train.shard_embeddings (embedding and norm + head as FSDP2 units of their own), with the chunked loss
+    (computed inside the head's FSDP2 unit) and prefetched batches, 2 processes x 2 micro-batches: the plain
+    1-process trajectory within 1e-4, and the same weights."""
+
+    run = ["--arm", "parent", "--tokens", 1024]
+    train(1, byte_splits, tmp_path / "one", config, *run)
+    switched = write_config(tmp_path / "switched.yaml", shard_embeddings=True, loss_chunk_tokens=24,
+                            prefetch_batches=True, micro_batch_size=1)
+    train(2, byte_splits, tmp_path / "two", switched, *run)
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(one) == len(two) == 8
+    assert two == pytest.approx(one, rel=1e-4)
+    assert val_losses(tmp_path / "two") == pytest.approx(val_losses(tmp_path / "one"), rel=1e-4)
+    for name, w in weights(tmp_path / "one").items():
+        assert torch.allclose(w, weights(tmp_path / "two")[name], rtol=1e-3, atol=1e-4), name
+
+
+def test_shard_ends_makes_embedding_and_head_their_own_units():
+    """The FSDP2 layout of train.shard_embeddings, on a 1-rank gloo group: embed_tokens, each layer, norm + head
+    (one group) and the root each own their parameters."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp._fully_shard._fully_shard import FSDPModule
+    from pvs.modeling import llama_config
+    from pvs.train import distributed
+    from transformers import LlamaForCausalLM
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        model = LlamaForCausalLM(llama_config({**SMALL, "rope_theta": 1e4}, 512, 0, 0))
+        distributed.shard(model, bf16=False, activation_checkpointing=False, shard_ends=True)
+        units = [name for name, m in model.named_modules() if isinstance(m, FSDPModule)]
+        assert units == ["", "model.embed_tokens", "model.layers.0", "model.layers.1", "model.norm", "lm_head"]
+        groups = {name: m._get_fsdp_state()._fsdp_param_group for name, m in model.named_modules()
+                  if isinstance(m, FSDPModule)}
+        assert groups["model.norm"] is groups["lm_head"] and groups[""] is None     # the root keeps nothing
+    finally:
+        dist.destroy_process_group()

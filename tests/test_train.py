@@ -293,3 +293,193 @@ def test_a_budget_beyond_one_epoch_fails_at_job_start_naming_file_and_key(byte_s
     err = capsys.readouterr().err
     assert f"{byte_splits / 'manifest.json'}: train.max_epochs = 1: arm parent" in err and "split pretrain" in err
     assert not (tmp_path / "p").exists()                                   # nothing was trained or written
+
+
+# ---------------------------------------------------------------- the training step's switches (pvs.train.step)
+def toy_model(seed=0, vocab=512):
+    from pvs.modeling import llama_config, new_model
+    return new_model(llama_config({**SMALL, "rope_theta": 1e4}, vocab, 0, 0), 0.02, seed=seed)
+
+
+def logits_sized_outputs(fn, vocab):
+    """Run ``fn`` and return (its result, the largest numel of any new tensor (not a view, such as a weight's
+    transpose) an op creates whose last dim is ``vocab``)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in (out if isinstance(out, (tuple, list)) else (out,)):
+                if isinstance(t, torch.Tensor) and t.ndim >= 1 and t.shape[-1] == vocab and not func.is_view:
+                    Largest.largest = max(Largest.largest, t.numel())
+            return out
+
+    with Largest():
+        result = fn()
+    return result, Largest.largest
+
+
+def test_chunked_cross_entropy_equals_the_plain_loss_and_never_holds_whole_logits():
+    """loss_chunk_tokens: the same loss and gradients as cross-entropy over the full fp32 logits (1e-5), and no
+    tensor of (tokens x vocab) appears in forward or backward: the largest is (chunk x vocab)."""
+    from pvs.train.step import chunked_cross_entropy, micro_batch_loss
+    import contextlib
+
+    vocab, chunk = 512, 8
+    x = torch.randint(0, vocab, (2, 32), generator=torch.Generator().manual_seed(0))
+    y = torch.roll(x, -1, 1)
+    grads, peaks, values = [], [], []
+    for chunk_tokens in (None, chunk):
+        model = toy_model()
+        loss, largest = logits_sized_outputs(lambda: micro_batch_loss(model, model, x, y, contextlib.nullcontext,
+                                                                      chunk_tokens), vocab)
+        _, largest_bwd = logits_sized_outputs(loss.backward, vocab)
+        values.append(loss.item())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        peaks.append(max(largest, largest_bwd))
+    assert values[1] == pytest.approx(values[0], abs=1e-5)
+    for name, g in grads[0].items():
+        assert torch.allclose(grads[1][name], g, atol=1e-5, rtol=1e-4), name
+    assert peaks[0] >= x.numel() * vocab                         # the plain path holds the whole logits
+    assert peaks[1] <= chunk * vocab                             # the chunked one a chunk's at most
+    # a head with a bias (FLAP compensation style) and ignored labels: same as the plain formula
+    h = torch.randn(10, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(12, 6, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(12, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 12, (10,))
+    labels[3] = -100
+    assert torch.autograd.gradcheck(lambda h, w, b: chunked_cross_entropy(h, w, b, labels, 4), (h, w, b))
+    plain = torch.nn.functional.cross_entropy(torch.nn.functional.linear(h, w, b), labels)
+    assert chunked_cross_entropy(h, w, b, labels, 6).item() == pytest.approx(plain.item(), rel=1e-12)
+
+
+def test_the_step_synchronizes_with_the_host_once_whatever_the_micro_batches(monkeypatch):
+    """Losses are accumulated on the device: the host reads (Tensor.item / float) do not grow with the number of
+    micro-batches, and the step's loss is the micro-batches' mean, as the former per-micro-batch reads summed it."""
+    import contextlib
+    from pvs.train.step import TrainStep
+
+    x = torch.randint(0, 512, (4, 32), generator=torch.Generator().manual_seed(1))
+    y = torch.roll(x, -1, 1)
+    reads = {"n": 0}
+    for name in ("item", "__float__", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _original=original, **k):
+            reads["n"] += 1
+            return _original(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    results = {}
+    for micro in (4, 1):
+        model = toy_model()
+        optimizer = train.make_optimizer(model, validate_config({})["train"])
+        step = TrainStep(model, optimizer, None, 1.0, contextlib.nullcontext)
+        reads["n"] = 0
+        loss, grad_norm = step([(x[i:i + micro], y[i:i + micro]) for i in range(0, 4, micro)], 1e-3)
+        results[micro] = (reads["n"], loss, grad_norm)
+    monkeypatch.undo()
+    assert results[1][0] == results[4][0]                       # 4 micro-batches: no more host reads than 1
+    assert results[1][1].dtype == torch.float64 and results[1][1].ndim == 0
+    assert results[1][1].item() == pytest.approx(results[4][1].item(), rel=1e-6)
+    assert results[1][2].item() == pytest.approx(results[4][2].item(), rel=1e-5)
+
+
+def test_prefetched_batches_equal_the_synchronous_ones(byte_splits):
+    """prefetch_batches: step s+1's windows are read in a background thread while step s runs; same tensors."""
+    import threading
+    from pvs.data.tokens import TokenStream, load_split
+    from pvs.train.step import Batches
+
+    stream = TokenStream([load_split(byte_splits, "pretrain")])
+    order = train.window_order(6 * 4, 0)
+    plain = Batches(stream, order, 4, 32, 2, 0, 1, torch.device("cpu"))
+    ahead = Batches(stream, order, 4, 32, 2, 0, 1, torch.device("cpu"), prefetch=True)
+    threads = []
+    read = ahead.read
+    ahead.read = lambda step: threads.append(threading.current_thread().name) or read(step)
+    for step in range(6):
+        a, b = plain.get(step), ahead.get(step)
+        assert len(a) == len(b) == 2
+        for (xa, ya), (xb, yb) in zip(a, b):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    ahead.close()
+    assert threads[0] == threading.current_thread().name                 # step 0: nothing prefetched yet
+    assert len(threads) == 6 and all(t.startswith("pvs-batches") for t in threads[1:])
+    # ranks read disjoint shares of the same global batch
+    shares = [Batches(stream, order, 4, 32, 1, r, 2, torch.device("cpu")).get(0) for r in (0, 1)]
+    together = torch.cat([shares[0][0][0], shares[1][0][0], shares[0][1][0], shares[1][1][0]])
+    assert torch.equal(together.sort(0).values, torch.cat([x for x, _ in plain.get(0)]).sort(0).values)
+
+
+def switched_config(config_file, tmp_path, name, **train_keys):
+    cfg = yaml.safe_load(config_file.read_text())
+    cfg["train"].update(train_keys)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_chunked_loss_and_prefetch_follow_the_plain_trainer(byte_splits, config_file, tmp_path):
+    """The trainer with loss_chunk_tokens, prefetch_batches and 2 micro-batches: the plain run's curve (1e-5)."""
+    run("parent", 1024, byte_splits, tmp_path / "plain", config_file)
+    switched = switched_config(config_file, tmp_path, "switched", loss_chunk_tokens=24, prefetch_batches=True,
+                               micro_batch_size=2)
+    run("parent", 1024, byte_splits, tmp_path / "switched", switched)
+    a, b = metrics(tmp_path / "plain"), metrics(tmp_path / "switched")
+    assert [r["step"] for r in a] == [r["step"] for r in b] and len(a) > 8
+    assert [r.get("loss") for r in b if "loss" in r] == pytest.approx([r["loss"] for r in a if "loss" in r], abs=1e-5)
+    assert [r["val_loss"] for r in b if "val_loss" in r] == pytest.approx(
+        [r["val_loss"] for r in a if "val_loss" in r], abs=1e-5)
+
+
+def test_per_layer_compile_follows_the_eager_trainer(byte_splits, config_file, tmp_path):
+    """compile: layers (each decoder layer compiled in place): the eager run's losses within 1e-5 over 5 steps,
+    and the saved weights keep their names."""
+    run("parent", 640, byte_splits, tmp_path / "eager", config_file)
+    run("parent", 640, byte_splits, tmp_path / "compiled", switched_config(config_file, tmp_path, "c", compile="layers"))
+    eager, compiled = metrics(tmp_path / "eager"), metrics(tmp_path / "compiled")
+    assert len([r for r in eager if "loss" in r]) == 5
+    assert [r["loss"] for r in compiled if "loss" in r] == pytest.approx([r["loss"] for r in eager if "loss" in r],
+                                                                         abs=1e-5)
+    assert load_file(str(tmp_path / "compiled" / "model.safetensors")).keys() == \
+        load_file(str(tmp_path / "eager" / "model.safetensors")).keys()
+
+
+def test_gpu_benchmark_and_check_run_at_toy_size_on_the_cpu(tmp_path, monkeypatch):
+    """benchmarks/gpu_train.py (the trainer's step) and the parts of benchmarks/gpu_check.sh at toy size: the
+    MFU counts attention (6N + 12 L H Q T), SparseGPT prunes both layers, lm-eval scores the generated tasks,
+    and the estimator configs are valid study configs of the parts' shapes."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))
+    import gpu_check
+    import gpu_train
+
+    out = tmp_path / "train.json"
+    assert gpu_train.main(["--size", "tiny", "--device", "cpu", "--seq-len", "32", "--micro-batch", "2", "--accum", "2",
+                           "--steps", "1", "--warmup", "1", "--precision", "fp32", "--loss-chunk-tokens", "16",
+                           "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    f = result["flops_per_token"]
+    assert f["attention"] == 12 * 2 * 4 * 16 * 32 and f["per_token"] == f["six_n"] + f["attention"]
+    assert f["N_matmul_params"] == 2 * (64 * 64 * 2 + 2 * 64 * 32 + 3 * 64 * 128) + 512 * 64
+    assert result["mfu"] > result["mfu_6n"] > 0 and result["tokens_per_step"] == 128
+    plan = gpu_check.plan(True, "cpu")
+    pruned = gpu_check.prune_part(plan, "cpu")
+    assert pruned["layers"] == 2 and pruned["sparsity"] == pytest.approx(0.5)
+    scored = gpu_check.evaluate_part(plan, "cpu")
+    assert set(scored["metrics"]) == {"lmeval/heldout_mc", "lmeval/heldout_cloze", "lmeval/avg"}
+    assert scored["n_samples"] == {"heldout_mc": 8, "heldout_cloze": 8}
+    configs = gpu_check.estimator_configs(gpu_check.plan(False, "cuda"), tmp_path)
+    from pvs.config import load_config
+    train_cfg, prune_cfg = load_config(configs["train"][0]), load_config(configs["prune"][0])
+    assert train_cfg["parent"]["arch"]["hidden_size"] == 2048 and train_cfg["train"]["micro_batch_size"] == 2
+    assert prune_cfg["prune"]["calib_windows"] == 128 and prune_cfg["prune"]["calib_seq_len"] == 8192
+    assert prune_cfg["parent"]["arch"]["num_hidden_layers"] == 2
+    if importlib.util.find_spec("pvs.memory") is None:
+        assert gpu_check.estimate(plan, tmp_path, sys.executable)["train"]["estimate"] == "no estimate"

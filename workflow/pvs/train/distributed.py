@@ -8,7 +8,8 @@ What the trainer gets from here:
   * start-up (in the trainer): the model is built on the meta device, ``shard()``-ed, materialized with
     ``to_empty``, then initialized tensor by tensor or loaded with ``load_full_model_state`` (rank 0 reads
     the checkpoint and broadcasts), so no rank holds a full copy of it;
-  * ``shard()``: every decoder layer and then the root sharded with ``fully_shard``; with bf16 (GPU, or CPU in tests) the
+  * ``shard()``: every decoder layer (optionally also the embedding and the norm + head) and then the root
+    sharded with ``fully_shard``; with bf16 (GPU, or CPU in tests) the
     parameters are cast to bf16 for compute while the sharded fp32 copies stay the master weights and
     gradients are reduced in fp32; optional activation checkpointing (transformers' per-layer one);
   * ``shard_masks()``: sparse masks as DTensors placed like their parameters, so that the masked weights
@@ -80,16 +81,28 @@ def teardown(ctx: Dist) -> None:
         dist.destroy_process_group()
 
 
-def shard(model: torch.nn.Module, bf16: bool, activation_checkpointing: bool) -> torch.nn.Module:
-    """FSDP2: each decoder layer is its own unit, then the root (embeddings, final norm, head)."""
+def shard(model: torch.nn.Module, bf16: bool, activation_checkpointing: bool,
+          shard_ends: bool = False) -> torch.nn.Module:
+    """FSDP2: each decoder layer is its own unit, then the root (embeddings, final norm, head).
+
+    With ``shard_ends`` (``train.shard_embeddings``) the token embedding and the final norm + LM head are units
+    of their own too (torchtitan's layout): the (vocab x hidden) matrices are gathered only around their own
+    use instead of with the root for the whole forward and backward; the head is not resharded after the
+    forward (its backward follows at once). Tied embeddings stay with the root.
+    """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     if activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else \
         MixedPrecisionPolicy()
+    separate = shard_ends and not getattr(model.config, "tie_word_embeddings", False)
+    if separate:
+        fully_shard(model.model.embed_tokens, mp_policy=policy)
     for layer in model.model.layers:
         fully_shard(layer, mp_policy=policy)
+    if separate:
+        fully_shard([model.model.norm, model.lm_head], mp_policy=policy, reshard_after_forward=False)
     fully_shard(model, mp_policy=policy)
     return model
 

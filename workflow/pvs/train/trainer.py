@@ -38,10 +38,11 @@ from tqdm import tqdm
 
 from pvs.cli import doc_parser
 from pvs.train import checkpoint, distributed
+from pvs.train.step import Batches, TrainStep, compile_layers, compiled_forward
 from pvs.budget import format_tokens, parse_tokens, steps_for_budget
 from pvs.config import RUN_ONLY_TRAIN_KEYS, load_config, result_recipe, validate_config
 from pvs.modeling import (apply_masks_, count_params, freeze_forced_biases_, init_weights_, llama_config, load_masks,
-                          load_model, load_tokenizer, mask_grads_, pick_device, read_state_dict, rebuild_rotary_,
+                          load_model, load_tokenizer, pick_device, read_state_dict, rebuild_rotary_,
                           save_model, write_json)
 from pvs.data.tokens import TokenStream, load_split, read_manifest, spread_windows
 from pvs.study import ARMS, TRAINER_ARMS, Arm, epoch_message, epochs_read
@@ -202,14 +203,19 @@ def _prepare_model(args, cfg, ctx, arm, manifest, seed, device):
         apply_masks_(model, masks)
         if recipe["activation_checkpointing"]:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if recipe["compile"] == "layers":
+            compile_layers(model)
         return model, masks, masks
     config, masks = model_config(arm, args.init, cfg, manifest["vocab_size"], manifest["eos_id"])
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     if arm.init == "weights":
         freeze_forced_biases_(model)
+    if recipe["compile"] == "layers":
+        compile_layers(model)                      # before FSDP2 wraps the layers (torchtitan's order)
     distributed.shard(model, bf16=recipe["precision"] == "bf16",
-                      activation_checkpointing=recipe["activation_checkpointing"])
+                      activation_checkpointing=recipe["activation_checkpointing"],
+                      shard_ends=recipe["shard_embeddings"])
     model.to_empty(device=device)
     rebuild_rotary_(model, device)
     if arm.init == "weights":
@@ -285,52 +291,43 @@ def _train(args: argparse.Namespace, cfg: dict, ctx: distributed.Dist) -> dict:
     val = torch.from_numpy(spread_windows(load_split(args.data, "val"), seq_len, recipe["eval_windows"])).to(device)
     use_bf16 = recipe["precision"] == "bf16" and not ctx.sharded                       # FSDP2 casts itself
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
-    step_fn = torch.compile(model) if recipe["compile"] else model
+    train_step = TrainStep(model, optimizer, masks, recipe["grad_clip"], autocast,
+                           forward=compiled_forward(model, recipe["compile"]),
+                           loss_chunk_tokens=recipe["loss_chunk_tokens"])
     if start_step == 0:
         loss0 = validation_loss(model, val, micro, autocast, ctx)
         if log:
             log.write({"step": 0, "tokens": 0, "val_loss": loss0})
 
-    order = window_order(steps * batch_size, seed)
+    batches = Batches(stream, window_order(steps * batch_size, seed), batch_size, seq_len, micro, ctx.rank,
+                      ctx.world, device, prefetch=recipe["prefetch_batches"])
     t0, losses = time.time(), []
     progress = tqdm(range(start_step, steps), initial=start_step, total=steps, desc=f"train {args.arm}",
                     file=sys.stderr, mininterval=5, disable=not ctx.main)
-    for step in progress:
-        lr = lr_at(step, steps, recipe)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        mine = order[step * batch_size:(step + 1) * batch_size][ctx.rank::ctx.world]
-        tick, local_loss = time.time(), 0.0
-        for first in range(0, local, micro):
-            x, y = stream.windows(mine[first:first + micro], seq_len)
-            x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-            with autocast():
-                logits = step_fn(input_ids=x).logits
-            loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
-            (loss * (micro / local)).backward()
-            local_loss += loss.item() * micro / local
-        mask_grads_(model, masks)                  # pruned positions: no gradient, no clip share, no moments
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe["grad_clip"])
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        apply_masks_(model, masks)
-        seen = (step + 1) * batch_size * seq_len
-        losses.append(distributed.mean(local_loss, ctx))
-        record = {"step": step + 1, "tokens": seen, "loss": losses[-1], "lr": lr,
-                  "grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
-                  "tok_per_s": batch_size * seq_len / max(time.time() - tick, 1e-9)}
-        if seen // eval_every > (seen - batch_size * seq_len) // eval_every or step + 1 == steps:
-            record["val_loss"] = validation_loss(model, val, micro, autocast, ctx)
-        if log:
-            log.write(record)
-        progress.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}", refresh=False)
-        stop = bool(args.stop_after_steps) and step + 1 - start_step >= args.stop_after_steps
-        if ((step + 1) % recipe["checkpoint_every"] == 0 or stop) and step + 1 < steps:
-            checkpoint.save(ckpt_dir, model, optimizer, {"step": step + 1, "position": seen, "signature": signature},
-                            ctx)
-        if stop and step + 1 < steps:
-            _say(ctx, f"[train] stopping early after step {step + 1} (--stop-after-steps)")
-            return {"stopped_at": step + 1}
+    try:
+        for step in progress:
+            lr = lr_at(step, steps, recipe)
+            tick = time.time()
+            step_loss, grad_norm = train_step(batches.get(step), lr)
+            seen = (step + 1) * batch_size * seq_len
+            losses.append(distributed.mean(float(step_loss), ctx))       # the step's one host synchronization
+            record = {"step": step + 1, "tokens": seen, "loss": losses[-1], "lr": lr,
+                      "grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
+                      "tok_per_s": batch_size * seq_len / max(time.time() - tick, 1e-9)}
+            if seen // eval_every > (seen - batch_size * seq_len) // eval_every or step + 1 == steps:
+                record["val_loss"] = validation_loss(model, val, micro, autocast, ctx)
+            if log:
+                log.write(record)
+            progress.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}", refresh=False)
+            stop = bool(args.stop_after_steps) and step + 1 - start_step >= args.stop_after_steps
+            if ((step + 1) % recipe["checkpoint_every"] == 0 or stop) and step + 1 < steps:
+                checkpoint.save(ckpt_dir, model, optimizer,
+                                {"step": step + 1, "position": seen, "signature": signature}, ctx)
+            if stop and step + 1 < steps:
+                _say(ctx, f"[train] stopping early after step {step + 1} (--stop-after-steps)")
+                return {"stopped_at": step + 1}
+    finally:
+        batches.close()
     seconds = time.time() - t0
     final = model
     if ctx.sharded:   # gather the full weights (a collective), then rank 0 writes a plain model

@@ -83,7 +83,7 @@ from pvs.config import load_config
 from pvs.modeling import llama_config
 from pvs.prune.common import BATCH_WINDOWS, LOGITS_BUDGET, capture_layer_inputs, run_layer
 from pvs.prune.registry import job_options
-from pvs.prune.shapes import CHILD_BIASES, SPARSE, parent_shape, solve_shape
+from pvs.prune.shapes import CHILD_BIASES, SPARSE, parent_shape, solve_configured
 from pvs.train import distributed
 
 GIB = 2 ** 30
@@ -177,7 +177,7 @@ def grid_jobs(cfg: dict) -> list[Job]:
                             "train.micro_batch_size or cluster.gpus.child", sparse=True))
             continue
         for ratio in ratios:
-            shape = {**parent, **solve_shape(method, ratio, parent)}
+            shape = {**parent, **solve_configured(method, ratio, parent, cfg["prune"], vocab_size(cfg)).shape}
             jobs.append(Job(f"train {method} r{ratio}", "train", shape, child_world,
                             "train.micro_batch_size or cluster.gpus.child", CHILD_BIASES.get(method, (False, False))))
     for method in methods:
@@ -365,7 +365,7 @@ def sheared_step(job: Job, cfg: dict, target: str = "gpu") -> dict:
     vocab = vocab_size(cfg)
     model = meta_model(job, vocab, ATTENTION[target])
     shape = parent_shape(job.arch)
-    child = solve_shape("sheared_llama", job.ratio, job.arch)
+    child = solve_configured("sheared_llama", job.ratio, job.arch, cfg["prune"], vocab_size(cfg)).shape
     prune_layers = options["prune_layers"] or child["num_hidden_layers"] < shape["num_hidden_layers"]
     with fake_world(world):
         if world > 1:

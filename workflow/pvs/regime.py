@@ -119,6 +119,7 @@ def parent_facts(cfg: dict) -> dict:
         arch, source = json.loads(found.read_text()), str(found)
     shape = {**shapes.parent_shape(arch), "vocab_size": int(arch["vocab_size"])}
     return {"shape": shape, "biases": shapes.parent_biases(arch), "tied": bool(arch.get("tie_word_embeddings")),
+            "prune": cfg["prune"],
             "source": source}
 
 
@@ -136,7 +137,8 @@ def arm_shape(arm: str, method: str | None, ratio: float | None, parent: dict) -
     if rec.sparse:
         return p, shapes.sparse_kept_params(p, ratio, *parent["biases"])
     arch = {**p, "attention_bias": parent["biases"][0], "mlp_bias": parent["biases"][1]}
-    child = {**shapes.solve(rec.shape_rule, ratio, arch).shape, "vocab_size": p["vocab_size"]}
+    child = {**shapes.solve_configured(rec.shape_rule, ratio, arch, parent["prune"], p["vocab_size"], section=method).shape,
+             "vocab_size": p["vocab_size"]}
     biases = shapes.child_biases(rec.shape_rule, arch)
     if ARMS[arm].init == "shape":        # a scratch twin is a plain Llama: no biases (pvs.train.trainer)
         biases = (False, False)

@@ -375,7 +375,7 @@ def sheared_step(job: Job, cfg: dict, target: str = "gpu") -> dict:
             model.to_empty(device="cpu")
             shards = LocalShards(model)
             masks = ShearingMasks(shape, {**shape, **child}, prune_layers, device="cpu")
-            optimizer = build_optimizer(shards, masks, prune)
+            optimizer = build_optimizer(shards, masks, options)
             _foreach(optimizer, target == "gpu")
             _warm_adamw(torch.nn.ModuleDict({"m": shards, "z": masks}), optimizer)
             model.train()
@@ -384,7 +384,7 @@ def sheared_step(job: Job, cfg: dict, target: str = "gpu") -> dict:
             with tracker, masked(model, masks):
                 masks.sample_(None)
                 lm = model(input_ids=batch, labels=batch, use_cache=False).loss
-                lag = masks.lagrangian(0.5, prune["sheared_lagrangian_warmup"])
+                lag = masks.lagrangian(0.5, options["lagrangian_warmup"])
                 (lm + lag).backward()
                 shards.take_grads()
                 distributed.average_grads_(masks.parameters(), distributed.current())

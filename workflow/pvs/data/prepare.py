@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pvs.cli import doc_parser
+from pvs.cli import doc_parser, guarded
 from pvs.config import ConfigError, load_config
 from pvs.data.corpus.bpe import encode_documents, load_pretrained, round_trip_failures, token_dtype, train_bpe
 from pvs.data.corpus.sources import CorpusError, Document, collect_documents
@@ -219,13 +219,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.config)
-        prepare(cfg, args.out, args.cache, args.tokenizer)
-    except (ConfigError, CorpusError) as e:
-        print(f"{type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return guarded("python -m pvs.data", (ConfigError, CorpusError),
+                   lambda: prepare(load_config(args.config), args.out, args.cache, args.tokenizer))
 
 
 if __name__ == "__main__":

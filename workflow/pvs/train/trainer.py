@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pvs.cli import doc_parser
+from pvs.cli import doc_parser, guarded
 from pvs.train import checkpoint, distributed
 from pvs.train.step import Batches, TrainStep, compile_layers, compiled_forward
 from pvs.budget import format_tokens, parse_tokens, steps_for_budget
@@ -391,12 +391,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config) if args.config else validate_config({})
-    try:
-        train(args, cfg)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"python -m pvs.train: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return guarded("python -m pvs.train", (ValueError, FileNotFoundError), train, args, cfg)
 
 
 if __name__ == "__main__":

@@ -84,7 +84,11 @@ def test_gpu_benchmark_script_runs_its_fsdp2_loop_on_cpu(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     record = __import__("json").loads(out.read_text())
     assert record["processes"] == 2 and record["tokens_per_s"] > 0
-    assert record["mfu"] == pytest.approx(6 * record["params_flops"] * record["tokens_per_s"] / (2 * 989e12))
+    flops = record["flops_per_token"]          # PaLM appendix B: 6 N + 12 L H Q T, attention counted
+    assert flops["per_token"] == flops["six_n"] + flops["attention"] and flops["attention"] == \
+        12 * flops["L"] * flops["H"] * flops["Q"] * flops["T"] > 0
+    assert record["mfu"] == pytest.approx(flops["per_token"] * record["tokens_per_s"] / (2 * 989e12))
+    assert record["mfu_6n"] == pytest.approx(flops["six_n"] * record["tokens_per_s"] / (2 * 989e12))
 
 
 def test_multi_node_jobs_start_one_torchrun_per_node():

@@ -53,3 +53,19 @@ def test_cli_writes_the_budget_file_and_names_a_missing_meta(tmp_path, capsys):
     assert record["tokens"] == compute.setting3_tokens(meta(), 1_000_000, 200_000) and "6·N·D" in record["convention"]
     assert budget_cli.main(["--pruned", str(tmp_path / "nowhere"), "--parent-tokens", "1M", "--budget", "200k"]) == 2
     assert "nowhere/meta.json: no prune meta.json" in capsys.readouterr().err
+
+
+def test_s_f_trains_the_childs_shape_without_flaps_biases(tmp_path):
+    """A FLAP child carries compensation biases; its scratch twin (S_F) has none, so S_F's FLOP-matched tokens
+    are computed for the bias-free model it actually trains."""
+    config = {"hidden_size": 64, "intermediate_size": 96, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "head_dim": 16, "num_hidden_layers": 3, "attention_bias": True, "mlp_bias": True}
+    assert compute.bias_params(config) == 3 * ((64 + 2 * 32 + 64) + (2 * 96 + 64))
+    assert compute.bias_params({**config, "attention_bias": False, "mlp_bias": False}) == 0
+    (tmp_path / "pruned").mkdir()
+    (tmp_path / "pruned" / "meta.json").write_text(json.dumps(meta()))
+    (tmp_path / "pruned" / "config.json").write_text(json.dumps(config))
+    record = compute.setting3_record(tmp_path / "pruned", 1_000_000, 200_000)
+    twin = compute.child_flops_params(meta()) - compute.bias_params(config)
+    assert record["scratch_params"] == twin and record["tokens"] == compute.setting3_tokens(meta(), 1_000_000, 200_000, twin)
+    assert record["tokens"] > compute.setting3_tokens(meta(), 1_000_000, 200_000)        # fewer params, more tokens

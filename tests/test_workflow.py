@@ -312,8 +312,8 @@ def test_the_readme_command_continues_after_kill_9_of_the_whole_workflow(smoke_r
     assert "resumed from" in (tmp_path / "results" / "logs" / "train" / "parent.log").read_text()
     resumed = _numbers(pd.read_csv(tmp_path / "results" / "summary.csv"))
     reference = _numbers(pd.read_csv(smoke_run[0] / "summary.smoke.csv"))
-    keys = set(resumed[IDENTITY].astype(str).apply(lambda row: "/".join(row), axis=1))
-    reference = reference[reference[IDENTITY].astype(str).apply(lambda row: "/".join(row), axis=1).isin(keys)]
+    key = lambda frame: frame[IDENTITY].apply(lambda row: "/".join(map(str, row)), axis=1)   # noqa: E731
+    reference = reference[key(reference).isin(set(key(resumed)))]
     reference = reference[resumed.columns].reset_index(drop=True)
     assert len(reference) == len(resumed) == 5                      # parent, one-shot, P-R_N, S_N, S_{P+N}
     numeric = [c for c in resumed.columns if c not in IDENTITY and pd.api.types.is_numeric_dtype(resumed[c])]

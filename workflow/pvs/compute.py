@@ -16,8 +16,9 @@ Convention (stated in every table that shows FLOPs):
   * Parameters of a shape (``non_embedding_params``, used by the shape solver, pvs.resources and the
     regime table) count every decoder-layer weight, norm and bias; they equal
     :func:`pvs.modeling.count_params` of the built model (tested).
-  * Setting 3, S_F: the child's shape trained from scratch on D = pipeline FLOPs / (6 N_child) tokens, so
-    scratch gets the compute of the whole pruning pipeline.
+  * Setting 3, S_F: the child's shape trained from scratch on D = pipeline FLOPs / (6 N_S_F) tokens, N_S_F
+    the parameters of the model it trains (the child's shape without FLAP's compensation biases, which a
+    scratch twin does not have), so scratch gets the compute of the whole pruning pipeline.
 """
 from __future__ import annotations
 
@@ -82,16 +83,34 @@ def pipeline(meta: dict, parent_tokens: int, budget: int) -> dict:
             "flops_parts": parts, "parent_params": n_parent, "child_params": n_child, "prune": prune}
 
 
-def setting3_tokens(meta: dict, parent_tokens: int, budget: int) -> int:
-    """Scratch tokens with the FLOPs of the P-R_N pipeline: ceil(pipeline FLOPs / (6 N_child))."""
-    return math.ceil(pipeline(meta, parent_tokens, budget)["flops"] / (6.0 * child_flops_params(meta)))
+def bias_params(config: dict) -> int:
+    """Bias parameters of a Llama config.json's decoder layers (FLAP's children carry them; scratch twins
+    are built without: pvs.train.trainer)."""
+    h, heads, kv = config["hidden_size"], config["num_attention_heads"], config["num_key_value_heads"]
+    d = config.get("head_dim") or h // heads
+    shape = (h, config["intermediate_size"], heads, kv, d)
+    with_biases = layer_params(*shape, bool(config.get("attention_bias")), bool(config.get("mlp_bias")))
+    return int(config["num_hidden_layers"] * (with_biases - layer_params(*shape)))
+
+
+def setting3_tokens(meta: dict, parent_tokens: int, budget: int, twin_params: int | None = None) -> int:
+    """Scratch tokens with the FLOPs of the P-R_N pipeline: ceil(pipeline FLOPs / (6 N_S_F)), N_S_F the
+    parameters of the model S_F trains (``twin_params``; default the pruned child's)."""
+    n = twin_params if twin_params is not None else child_flops_params(meta)
+    return math.ceil(pipeline(meta, parent_tokens, budget)["flops"] / (6.0 * n))
 
 
 def setting3_record(pruned_dir: str | Path, parent_tokens: int, budget: int) -> dict:
+    """The budget file of S_F: its tokens, for the model it trains — the child's shape from scratch, which
+    has no biases (a FLAP child's compensation biases are not part of its scratch twin)."""
     meta_path = Path(pruned_dir) / "meta.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path}: no prune meta.json (run python -m pvs.prune first)")
     meta = json.loads(meta_path.read_text())
-    return {"tokens": setting3_tokens(meta, parent_tokens, budget), "budget": budget,
+    config_path = Path(pruned_dir) / "config.json"
+    biases = bias_params(json.loads(config_path.read_text())) if config_path.is_file() else 0
+    twin = child_flops_params(meta) - biases
+    return {"tokens": setting3_tokens(meta, parent_tokens, budget, twin), "budget": budget,
             "parent_tokens": parent_tokens, "pipeline": pipeline(meta, parent_tokens, budget),
-            "convention": CONVENTION, "pruned": str(pruned_dir)}
+            "scratch_params": twin, "child_bias_params": biases, "convention": CONVENTION,
+            "pruned": str(pruned_dir)}

@@ -36,7 +36,7 @@ from pvs.budget import approx_tokens, format_tokens, parse_tokens
 from pvs.config import _local_checkpoint
 from pvs.prune import shapes
 from pvs.prune.registry import display_name, record
-from pvs.study import ARM_ORDER, ARMS, Grid, epochs_read, runs
+from pvs.study import ARM_ORDER, ARMS, Grid, epochs_read, prepared_split_tokens, runs
 
 DATA_NOT_PREPARED = "data not prepared"
 
@@ -174,29 +174,11 @@ def scratch_flops_tokens(cfg: dict, method: str, ratio: float, budget: int, pare
     return compute.setting3_tokens(meta, parse_tokens(cfg["parent"]["tokens"]), budget), True
 
 
-def split_tokens(cfg: dict) -> tuple[dict[str, int] | None, str]:
-    """Token counts per split from results_dir/data/manifest.json when it was made with this config's data
-    settings (the check pvs.study.data_epoch_errors makes); else (None, why)."""
-    path = Path(cfg["results_dir"]) / "data" / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None, DATA_NOT_PREPARED
-    same = (manifest.get("seed") == cfg["seed"] and manifest.get("split_fractions") == cfg["data"]["splits"]
-            and manifest.get("doc_chars") == cfg["data"]["doc_chars"] and manifest.get("source") == cfg["data"]["source"])
-    splits = {s: v["tokens"] for s, v in manifest.get("splits", {}).items() if "tokens" in v}
-    if not same:
-        return None, f"{DATA_NOT_PREPARED} ({path} was made with other data settings)"
-    if not {"pretrain", "retrain"} <= splits.keys():
-        return None, f"{DATA_NOT_PREPARED} ({path} lacks the pretrain/retrain token counts)"
-    return splits, f"split sizes from {path}"
-
-
 def regime(cfg: dict, config_path: str | None = None) -> dict:
     """The whole regime of ``cfg`` (a validated config): summary quantities, one row per arm, the paper's."""
     grid, parent, train = Grid.from_config(cfg), parent_facts(cfg), cfg["train"]
     P, per_step = grid.parent_tokens, train["batch_size"] * train["seq_len"]
-    splits, data_note = split_tokens(cfg)
+    splits, data_note = prepared_split_tokens(cfg)
     rows, method_rank = [], {m: i for i, m in enumerate(grid.methods)}
     trained = [r for r in runs(cfg) if not r.replica and ARMS[r.arm].trained]
     # the parent, then per method (coarse -> fine) and ratio its arms side by side, budgets ascending

@@ -206,22 +206,29 @@ def epoch_message(arm_name: str, tokens: int, arm: Arm, split_tokens: dict[str, 
             "to allow it explicitly (the paper trains every arm for less than one epoch)")
 
 
+def prepared_split_tokens(cfg: dict) -> tuple[dict[str, int] | None, str]:
+    """Token counts per split from results_dir/data/manifest.json when that manifest was made with this
+    config's data settings (seed, split fractions, document length, source); else (None, why not)."""
+    path = Path(cfg["results_dir"]) / "data" / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None, "data not prepared"
+    same = (manifest.get("seed") == cfg["seed"] and manifest.get("split_fractions") == cfg["data"]["splits"]
+            and manifest.get("doc_chars") == cfg["data"]["doc_chars"] and manifest.get("source") == cfg["data"]["source"])
+    splits = {s: v["tokens"] for s, v in manifest.get("splits", {}).items() if "tokens" in v}
+    if not same:
+        return None, f"data not prepared ({path} was made with other data settings)"
+    if not {"pretrain", "retrain"} <= splits.keys():
+        return None, f"data not prepared ({path} lacks the pretrain/retrain token counts)"
+    return splits, f"split sizes from {path}"
+
+
 def data_epoch_errors(cfg: dict) -> list[str]:
     """Arms that would read a split more than train.max_epochs times, when this study's data already exist
-    (its manifest.json, made with the same data settings); before that the trainer checks each run."""
-    manifest_path = Path(cfg["results_dir"]) / "data" / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return []
-    same_data = (manifest.get("seed") == cfg["seed"] and manifest.get("split_fractions") == cfg["data"]["splits"]
-                 and manifest.get("doc_chars") == cfg["data"]["doc_chars"]
-                 and manifest.get("source") == cfg["data"]["source"])
-    splits = manifest.get("splits", {})
-    if not same_data or not all("tokens" in splits.get(s, {}) for s in ("pretrain", "retrain")):
-        return []
-    return [f"{e} (split sizes from {manifest_path})" for e in
-            epoch_errors(cfg, {s: v["tokens"] for s, v in splits.items() if "tokens" in v})]
+    (``prepared_split_tokens``); before that the trainer checks each run."""
+    splits, source = prepared_split_tokens(cfg)
+    return [] if splits is None else [f"{e} ({source})" for e in epoch_errors(cfg, splits)]
 
 
 def canonical_budget(value) -> str:

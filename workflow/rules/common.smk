@@ -19,8 +19,9 @@ try:
     config = validate_config(config)
 except ConfigError as error:
     raise WorkflowError(f"config: {error}") from None
-if data_epoch_errors(config):  # budgets against the split sizes, once this study's data exist
-    raise WorkflowError("config: invalid config:\n  " + "\n  ".join(data_epoch_errors(config)))
+EPOCH_ERRORS = data_epoch_errors(config)  # budgets against the split sizes, once this study's data exist
+if EPOCH_ERRORS:
+    raise WorkflowError("config: invalid config:\n  " + "\n  ".join(EPOCH_ERRORS))
 
 R = config["results_dir"].rstrip("/")
 CONFIG = write_resolved_config(config, f"{R}/config.resolved.yaml")

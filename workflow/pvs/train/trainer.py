@@ -263,8 +263,9 @@ def _train(args: argparse.Namespace, cfg: dict, ctx: distributed.Dist) -> dict:
     seq_len, batch_size = recipe["seq_len"], recipe["batch_size"]
     local, micro = _batch_geometry(recipe, ctx)
     steps = steps_for_budget(tokens, seq_len, batch_size)
-    split_tokens = {s: len(load_split(args.data, s)) for s in arm.splits}
-    stream = TokenStream([load_split(args.data, s) for s in arm.splits])
+    splits = {s: load_split(args.data, s) for s in arm.splits}
+    split_tokens = {s: len(tokens) for s, tokens in splits.items()}
+    stream = TokenStream(list(splits.values()))
     epochs = epochs_read(arm, tokens, split_tokens, seq_len, batch_size)
     if epochs > recipe["max_epochs"]:
         raise ValueError(f"{Path(args.data) / 'manifest.json'}: "

@@ -71,7 +71,7 @@ def test_paper_dry_run_lists_the_whole_grid_fast_and_offline(tmp_path):
     assert counts["tokenize_shard"] == cfg["data"]["hf"]["shards"] and counts["prepare_data"] == 1
     assert counts["eval_sets"] == counts["eval_tasks"] == 1            # hub data fetched once, checked once
     assert counts["memory_check"] == 1                                 # every GPU job's memory, proven first
-    assert seconds < 10, seconds
+    assert seconds < 15, seconds      # measured 7-8 s idle on 2 cores (README); 15 s leaves room for a busy CI
 
 
 def test_gpu_benchmark_script_runs_its_fsdp2_loop_on_cpu(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from pvs.config import ConfigError, load_config, load_schema, validate_config
-from pvs.study import ARM_ORDER, Run, runs
+from pvs.study import ARM_ORDER, Grid, Run, runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,16 +70,21 @@ def test_snakemake_rejects_a_bad_config_before_any_job(tmp_path):
 
 
 def test_grid_of_the_default_study():
+    """config.yaml follows the paper's Figure 1: setting 1 at every method x ratio (every seed at r = 0.5),
+    the scaling curve for its scaling_methods, setting 2 for its setting2_methods."""
     cfg = load_config(ROOT / "config.yaml")
-    grid = runs(cfg)
-    methods, ratios = cfg["prune"]["methods"], cfg["prune"]["ratios"]
+    grid, budgets = runs(cfg), cfg["budgets"]
+    methods, ratios, seeds = cfg["prune"]["methods"], cfg["prune"]["ratios"], cfg["seeds"]
     by_arm = {arm: [r for r in grid if r.arm == arm] for arm in ARM_ORDER}
     assert len(by_arm["parent"]) == 1 and len(by_arm["pruned"]) == len(methods) * len(ratios)
-    extra_scaling = len(set(cfg["budgets"]["scaling"]) - {cfg["budgets"]["main"]})
-    assert len(by_arm["retrain"]) == len(methods) * (len(ratios) + extra_scaling) == len(by_arm["scratch"])
-    seeds = cfg["seeds"]
-    assert len(by_arm["scratch_total"]) == len(methods) * len(cfg["budgets"]["setting2_ratios"]) * seeds
-    assert len(by_arm["scratch_flops"]) == len(methods) * len(cfg["budgets"]["setting3_ratios"]) * seeds > 0
+    extra_scaling = len(set(budgets["scaling"]) - {budgets["main"]})
+    seeded = len(budgets["seed_ratios"])
+    main_runs = len(methods) * (len(ratios) + (seeds - 1) * seeded)
+    assert len(by_arm["scratch"]) == main_runs + len(budgets["scaling_methods"]) * extra_scaling
+    assert len(by_arm["retrain"]) == len(by_arm["scratch"])          # setting 2's P-R_N are setting 1's at 0.5
+    assert seeds >= 3 and budgets["seed_ratios"] == [0.5]
+    assert len(by_arm["scratch_total"]) == len(budgets["setting2_methods"]) * len(budgets["setting2_ratios"]) * seeds
+    assert len(by_arm["scratch_flops"]) == len(budgets["setting3_ratios"]) == 0      # setting 3: configs/cpu_full.yaml
     for run in grid:  # paths round-trip, so the evaluate rule can recover a run from its path
         assert Run.from_model_path(run.model_path) == run
     assert Run("scratch_total", "sparsegpt", 0.5, 250_000).train_tokens(1_000_000) == 1_250_000
@@ -103,6 +108,30 @@ def test_seeds_replicate_the_headline_comparisons():
         validate_config({**raw, "budgets": {**raw["budgets"], "setting3_ratios": [0.7]}})
     with pytest.raises(ConfigError, match="seeds = 0"):
         validate_config({**raw, "seeds": 0})
+
+
+def test_the_grid_can_follow_figure_1_instead_of_a_cross_product():
+    """budgets.scaling_methods / setting2_methods / seed_ratios trim the grid as the paper's Figure 1 does."""
+    raw = {"seeds": 3, "prune": {"methods": ["minitron_depth", "minitron_width", "flap"], "ratios": [0.5, 0.7]},
+           "budgets": {"main": "300k", "scaling": ["100k"], "scaling_ratio": 0.5, "setting2_ratios": [0.5],
+                       "scaling_methods": ["minitron_width", "minitron_depth"], "setting2_methods": ["flap"],
+                       "seed_ratios": [0.5]}}
+    grid = runs(validate_config(raw))
+    curve = {r.method for r in grid if r.budget == 100_000}
+    assert curve == {"minitron_depth", "minitron_width"}
+    assert {r.method for r in grid if r.arm == "scratch_total"} == {"flap"}
+    assert len([r for r in grid if r.arm == "scratch_total"]) == 3
+    # three seeds at r = 0.5 for every method, one at 0.7; P-R_N of flap at 0.5 is shared with setting 2
+    assert {(r.method, r.replica) for r in grid if r.arm == "scratch" and r.ratio == 0.5 and r.budget == 300_000} \
+        == {(m, k) for m in raw["prune"]["methods"] for k in range(3)}
+    assert {r.replica for r in grid if r.ratio == 0.7} == {0}
+    grid_obj = Grid.from_config(validate_config(raw))
+    assert grid_obj.curve_methods == ("minitron_depth", "minitron_width")   # coarse -> fine, as prune.methods
+    for key, value, named in [("scaling_methods", ["sparsegpt"], "budgets.scaling_methods[0] = 'sparsegpt'"),
+                              ("setting2_methods", ["magic"], "budgets.setting2_methods[0] = 'magic'"),
+                              ("seed_ratios", [0.6], "budgets.seed_ratios[0] = 0.6")]:
+        with pytest.raises(ConfigError, match=re.escape(named)):
+            validate_config({**raw, "budgets": {**raw["budgets"], key: value}})
 
 
 def test_run_only_train_keys_are_one_fact_left_out_of_results_and_rule_params():
@@ -179,7 +208,8 @@ def test_budgets_beyond_one_epoch_fail_once_the_data_exist_and_can_be_allowed(tm
     assert not data_epoch_errors({**cfg, "train": {**cfg["train"], "max_epochs": 2}})
     # the same check before any job (the Snakefile), naming the key
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({"results_dir": str(results), "parent": {"tokens": "300k"},
+    config.write_text(yaml.safe_dump({"results_dir": str(results), "parent": {"tokens": "300k"},   # over config.yaml
+                                      "data": {"splits": cfg["data"]["splits"], "source": cfg["data"]["source"]},
                                       "budgets": {"main": "50k", "scaling": ["50k"]}}))
     result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(config)],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -113,6 +113,13 @@ def _semantic_errors(cfg: dict) -> list[str]:
     ]:
         if ratio not in cfg["prune"]["ratios"]:
             errors.append(f"{key} = {ratio!r}: must be one of prune.ratios {cfg['prune']['ratios']}")
+    for key in ("scaling_methods", "setting2_methods", "setting3_methods"):
+        for i, method in enumerate(budgets[key] or []):
+            if method not in cfg["prune"]["methods"]:
+                errors.append(f"budgets.{key}[{i}] = {method!r}: must be one of prune.methods {cfg['prune']['methods']}")
+    for i, ratio in enumerate(budgets["seed_ratios"] or []):
+        if ratio not in cfg["prune"]["ratios"]:
+            errors.append(f"budgets.seed_ratios[{i}] = {ratio!r}: must be one of prune.ratios {cfg['prune']['ratios']}")
     errors += _nm_errors(cfg["prune"])
     arch = cfg["parent"]["arch"]
     if cfg["parent"]["source"] == "train" and not arch["num_attention_heads"] % arch["num_key_value_heads"]:

@@ -25,8 +25,10 @@ ratios: setting 1 ``scratch`` at every ratio (plus the token-scaling curve over 
 ``scratch_flops`` at ``budgets.setting3_ratios``.
 
 **Grid** (``Grid.from_config(cfg).runs()``): the parent; for every method and ratio the one-shot child and
-setting 1 at the main budget with ``seeds`` seeds; the scaling curve; settings 2 and 3 at their ratios, also
-with ``seeds`` seeds (the headline comparisons carry their noise).
+setting 1 at the main budget (``seeds`` seeds at ``budgets.seed_ratios``, default every ratio); the scaling
+curve for ``budgets.scaling_methods``; settings 2 and 3 at their ratios for ``budgets.setting{2,3}_methods``
+(default every method), also with ``seeds`` seeds (the headline comparisons carry their noise). The default
+study follows the paper's Figure 1 this way instead of a full cross product.
 
 **Paths** (all under ``results/``)::
 
@@ -110,12 +112,13 @@ class Setting:
     number: int
     rival: str
     ratios_key: str             # the Grid field with its ratios
+    methods_key: str            # the Grid field with its methods
     name: str
 
 
-SETTINGS = (Setting(1, "scratch", "ratios", "equal training tokens"),
-            Setting(2, "scratch_total", "setting2_ratios", "equal total tokens"),
-            Setting(3, "scratch_flops", "setting3_ratios", "equal pipeline FLOPs"))
+SETTINGS = (Setting(1, "scratch", "ratios", "methods", "equal training tokens"),
+            Setting(2, "scratch_total", "setting2_ratios", "setting2_methods", "equal total tokens"),
+            Setting(3, "scratch_flops", "setting3_ratios", "setting3_methods", "equal pipeline FLOPs"))
 
 
 # ---------------------------------------------------------------- runs
@@ -263,20 +266,49 @@ class Grid:
     setting3_ratios: tuple[float, ...]
     parent_tokens: int
     seeds: int = 1
+    scaling_methods: tuple[str, ...] | None = None   # None = every method (so are the next three)
+    setting2_methods: tuple[str, ...] | None = None
+    setting3_methods: tuple[str, ...] | None = None
+    seed_ratios: tuple[float, ...] | None = None     # setting-1 ratios that get every seed
 
     @classmethod
     def from_config(cls, cfg: dict) -> Grid:
         budgets, main = cfg["budgets"], parse_tokens(cfg["budgets"]["main"])
-        return cls(study=cfg["study"], methods=tuple(order_methods(cfg["prune"]["methods"])),
+        methods = tuple(order_methods(cfg["prune"]["methods"]))
+
+        def subset(key: str) -> tuple[str, ...] | None:
+            chosen = budgets.get(key)
+            return None if chosen is None else tuple(m for m in methods if m in chosen)
+
+        seed_ratios = budgets.get("seed_ratios")
+        return cls(study=cfg["study"], methods=methods,
                    ratios=tuple(sorted(as_ratio(r) for r in cfg["prune"]["ratios"])), main=main,
                    scaling=tuple(sorted({parse_tokens(b) for b in budgets["scaling"]} | {main})),
                    scaling_ratio=as_ratio(budgets["scaling_ratio"]),
                    setting2_ratios=tuple(sorted(as_ratio(r) for r in budgets["setting2_ratios"])),
                    setting3_ratios=tuple(sorted(as_ratio(r) for r in budgets["setting3_ratios"])),
-                   parent_tokens=parse_tokens(cfg["parent"]["tokens"]), seeds=cfg.get("seeds", 1))
+                   parent_tokens=parse_tokens(cfg["parent"]["tokens"]), seeds=cfg.get("seeds", 1),
+                   scaling_methods=subset("scaling_methods"), setting2_methods=subset("setting2_methods"),
+                   setting3_methods=subset("setting3_methods"),
+                   seed_ratios=None if seed_ratios is None else tuple(sorted(as_ratio(r) for r in seed_ratios)))
 
     def setting_ratios(self, setting: Setting) -> tuple[float, ...]:
         return getattr(self, setting.ratios_key)
+
+    def setting_methods(self, setting: Setting) -> tuple[str, ...]:
+        """The methods a setting runs for (``budgets.setting{2,3}_methods``; setting 1: every method)."""
+        chosen = getattr(self, setting.methods_key)
+        return self.methods if chosen is None else chosen
+
+    @property
+    def curve_methods(self) -> tuple[str, ...]:
+        """The methods of the token-scaling curve (``budgets.scaling_methods``; default every method)."""
+        return self.methods if self.scaling_methods is None else self.scaling_methods
+
+    def ratio_seeds(self, ratio: float) -> int:
+        """Seeds of setting 1 at the main budget at ``ratio``: ``seeds`` at ``budgets.seed_ratios`` (default
+        every ratio), one elsewhere."""
+        return self.seeds if self.seed_ratios is None or as_ratio(ratio) in self.seed_ratios else 1
 
     @property
     def scaling_label(self) -> str:
@@ -296,12 +328,14 @@ class Grid:
         for method in self.methods:
             for ratio in ratios:
                 grid.add(Run("pruned", method, ratio, 0))
-                for k in range(self.seeds):
+                for k in range(self.ratio_seeds(ratio)):
                     grid |= {Run("retrain", method, ratio, self.main, k), Run("scratch", method, ratio, self.main, k)}
-            for budget in self.scaling:
+            for budget in self.scaling if method in self.curve_methods else ():
                 ratio = spelled.get(self.scaling_ratio, self.scaling_ratio)
                 grid |= {Run("retrain", method, ratio, budget), Run("scratch", method, ratio, budget)}
             for setting in SETTINGS[1:]:
+                if method not in self.setting_methods(setting):
+                    continue
                 for ratio in self.setting_ratios(setting):
                     ratio = spelled.get(ratio, ratio)
                     for k in range(self.seeds):         # the rival, and P-R_N at its ratio, with every seed

@@ -234,7 +234,7 @@ def _write_tables(paths: dict, summary, runs, grid, parent, t: dict, labels: dic
 
 def _draw_figures(paths: dict, runs, grid, parent, t: dict, labels: dict, dpi: int) -> None:
     parent_loss = tables.metric(parent, LOSS)
-    figures.plot_loss_vs_tokens(runs, list(grid.methods), grid.scaling_ratio, list(grid.scaling), parent_loss,
+    figures.plot_loss_vs_tokens(runs, list(grid.curve_methods), grid.scaling_ratio, list(grid.scaling), parent_loss,
                                 paths["loss_vs_tokens"], dpi, gaps=t["scaling"])
     figures.plot_setting2(t["setting2"], labels, parent_loss, paths["setting2_fig"], dpi)
     figures.plot_gap_vs_ratio(t["setting1"], paths["gap_vs_ratio"], dpi)

@@ -26,7 +26,7 @@ from pvs.budget import approx_tokens, format_tokens
 from pvs.compute import CONVENTION
 from pvs.prune.registry import display_name
 from pvs.report.uncertainty import LOSE, NOISE, TIE, WIN, Gap, gap, unpaired
-from pvs.study import ARM_ORDER, Grid, as_ratio, order_methods, run_label  # noqa: F401 (re-exported)
+from pvs.study import ARM_ORDER, SETTINGS, Grid, as_ratio, order_methods, run_label  # noqa: F401 (re-exported)
 
 log = logging.getLogger("pvs.report.tables")
 
@@ -181,14 +181,14 @@ def scaling_table(runs: pd.DataFrame, grid: Grid, per_seed: pd.DataFrame | None 
     """The token-scaling curve: S_N vs P-R_N at the scaling ratio, one row per method and budget."""
     rows = [{"method": m, "ratio": grid.scaling_ratio, "budget": n,
              **compare(runs, m, grid.scaling_ratio, n, "scratch", per_seed)}
-            for m in grid.methods for n in grid.scaling]
+            for m in grid.curve_methods for n in grid.scaling]
     return _frame(rows, SCALING_COLUMNS)
 
 
 def setting2_table(runs: pd.DataFrame, grid: Grid, per_seed: pd.DataFrame | None = None) -> pd.DataFrame:
     """S_{P+N} vs P-R_N at the main budget and every setting-2 ratio, with the winner by loss and by acc."""
     rows, parent = [], _parent_columns(parent_run(runs, grid))
-    for method in grid.methods:
+    for method in grid.setting_methods(SETTINGS[1]):
         for ratio in grid.setting2_ratios:
             rows.append({"method": method, "ratio": ratio, "achieved_ratio": _achieved(runs, method, ratio),
                          "budget": grid.main, **compare(runs, method, ratio, grid.main, "scratch_total", per_seed),
@@ -199,7 +199,7 @@ def setting2_table(runs: pd.DataFrame, grid: Grid, per_seed: pd.DataFrame | None
 def setting3_table(runs: pd.DataFrame, grid: Grid, per_seed: pd.DataFrame | None = None) -> pd.DataFrame:
     """S_F (scratch with the P-R_N pipeline's FLOPs) vs P-R_N at the main budget, every setting-3 ratio."""
     rows = []
-    for method in grid.methods:
+    for method in grid.setting_methods(SETTINGS[2]):
         for ratio in grid.setting3_ratios:
             row = {"method": method, "ratio": ratio, "achieved_ratio": _achieved(runs, method, ratio),
                    "budget": grid.main, **compare(runs, method, ratio, grid.main, "scratch_flops", per_seed)}
@@ -305,7 +305,7 @@ def setting1_markdown(table: pd.DataFrame, scaling: pd.DataFrame, grid: Grid, pa
                             **_wins(table, {"retrain": pr, "scratch": s})}))
     lines += ["", f"## Token scaling at r = {grid.scaling_ratio:g} (validation loss)", ""]
     rows = {"method": [], "": []} | {format_tokens(n): [] for n in grid.scaling}
-    for method in grid.methods:
+    for method in grid.curve_methods:
         part = scaling[scaling.method == method].set_index("budget")
         cells = {"P-R_N": _pm(part.retrain_loss, part.retrain_loss_std),
                  "S_N": _pm(part.scratch_loss, part.scratch_loss_std), "Δ loss": _deltas(part, "loss", "+.3f")}

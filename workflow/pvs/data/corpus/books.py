@@ -104,13 +104,15 @@ DEBIAN_SOURCES = {
                      read_moby_dick,
                      Licence("MIT", "package MIT (debian/copyright); Moby Dick (1851) is in the public domain "
                                     "(Project Gutenberg text, its licence header stripped)")),
-        DebianSource("henry_commentary", PinnedDeb("sword-comm-mhcc", "2.0-1",
-                                                   "06f748215de78ff48fdfdee93e3ffc5af6318b976485f7aedf22309236967e35"),
+        DebianSource("henry_commentary",
+                     PinnedDeb("sword-comm-mhcc", "2.0-1",
+                               "06f748215de78ff48fdfdee93e3ffc5af6318b976485f7aedf22309236967e35"),
                      read_henry_commentary,
                      Licence("public-domain", "'Public Domain--Copy Freely' (debian/copyright; Matthew Henry, "
                                               "d. 1714; Bible Foundation electronic text)")),
-        DebianSource("treasury_of_david", PinnedDeb("sword-comm-tdavid", "2.1-1",
-                                                    "bcbfad701c5c4a061475b58309cebc42755a59e87478c8355227c5e046412b3f"),
+        DebianSource("treasury_of_david",
+                     PinnedDeb("sword-comm-tdavid", "2.1-1",
+                               "bcbfad701c5c4a061475b58309cebc42755a59e87478c8355227c5e046412b3f"),
                      read_treasury_of_david,
                      Licence("public-domain", "public domain (debian/copyright: C. H. Spurgeon, final volume "
                                               "1885)")),

@@ -39,7 +39,8 @@ _ATTR = re.compile(r'([A-Za-z]+)="([^"]*)"')
 _PLAIN = re.compile(r"</?w\b[^>]*>|<div type=\"x-milestone\"[^>]*>")  # no layout: drop fast
 _BOOK_START = re.compile(r"<div\b[^>]*\btype=\"book\"[^>]*>")
 _NOTE_MARK = "\x01"
-BREAK_TAGS = {"chapter", "lg", "p", "title", "speaker", "list", "item", "head", "table", "row"}  # open/close = paragraph
+# open or close = a paragraph break
+BREAK_TAGS = {"chapter", "lg", "p", "title", "speaker", "list", "item", "head", "table", "row"}
 
 
 class SwordError(ValueError):

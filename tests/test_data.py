@@ -16,7 +16,8 @@ from pydoc_data.topics import topics
 from pvs.data import prepare as data_stage
 from pvs.config import validate_config
 from pvs.data.corpus import debian
-from pvs.data.corpus.books import DEBIAN_SOURCES, read_austen, read_moby_dick, read_web_bible
+from pvs.data.corpus.books import (DEBIAN_SOURCES, read_austen, read_henry_commentary, read_moby_dick,
+                                   read_treasury_of_david, read_web_bible)
 from pvs.data.corpus.rdata import LazyLoadDB
 from pvs.data.corpus.sources import CorpusError, Document, rows_documents
 from pvs.data.corpus.sword import ZTextModule, osis_to_text
@@ -41,7 +42,7 @@ def split_documents(data_dir: Path, split: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def deb_cache(tmp_path_factory) -> Path:
-    """One download of the three pinned packages per test session."""
+    """One download of the pinned packages (all of ``DEBIAN_SOURCES``) per test session."""
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         pytest.skip("the Debian corpus needs apt-get and dpkg-deb")
     cache = tmp_path_factory.mktemp("downloads")
@@ -99,6 +100,37 @@ def test_sword_reader_reads_the_world_english_bible(deb_cache):
     assert "Blessed is the man who doesn’t walk in the counsel of the wicked,\nnor stand" in books["Ps"]
 
 
+def test_sword_reader_reads_matthew_henrys_commentary(deb_cache):
+    root = _root(deb_cache, "henry_commentary")
+    module = ZTextModule(root / "usr/share/sword/modules/comments/zcom/mhcc")
+    assert osis_to_text(module.entry("ot", 4)).startswith("Genesis\n\nGenesis is a name taken from the Greek")
+    books = dict(read_henry_commentary(root))
+    assert list(books)[:2] == ["Gen", "Exod"] and list(books)[-1] == "Rev" and len(books) == 66
+    assert "Chapter Outline\n\nGod creates heaven and earth. (1-2)" in books["Gen"]
+    assert books["Rev"].endswith("world without end. Amen.")
+    assert not any("<" in text or ">" in text for text in books.values())
+    paragraphs = [p for text in books.values() for p in text.split("\n\n") if len(p) > 200]
+    assert len(paragraphs) == len(set(paragraphs))  # a note on a verse range (a linked entry) comes once
+    assert 3_500_000 < sum(map(len, books.values())) < 4_500_000
+
+
+def test_sword_reader_reads_the_treasury_of_david(deb_cache):
+    root = _root(deb_cache, "treasury_of_david")
+    [(name, text)] = list(read_treasury_of_david(root))  # CHAPTER blocks (.czv), 12-byte entries, no nt
+    assert name == "Ps" and text.startswith("Preface\n\nMy Preface shall at least possess the virtue of brevity")
+    assert 'Verse 1. "BLESSED" —see how this Book of Psalms opens with a benediction' in text
+    assert text.endswith("perfect in its charity. —J.F. HALLELUJAH!")
+    assert "<" not in text and 11_000_000 < len(text) < 12_500_000  # no markup left (one ">" is the source's)
+
+
+def test_every_source_has_a_licence_and_the_schema_names_every_source():
+    schema = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    items = schema["properties"]["data"]["properties"]["debian_sources"]["items"]
+    assert items["enum"] == list(DEBIAN_SOURCES)
+    for source in DEBIAN_SOURCES.values():
+        assert source.licence.id in {"public-domain", "MIT"} and len(source.licence.statement) > 20
+
+
 def test_osis_markup_becomes_layout():
     osis = ('<chapter n="1" sID="X.1"/><w lemma="strong:H1">God</w><note placement="foot">a note</note>'
             '<w>created</w> light<note>n</note>. <div sID="p1" type="x-p"/>Next &amp; last '
@@ -135,6 +167,7 @@ def test_default_corpus_is_large_enough_and_manifest_matches_files(debian_data):
     assert {s["name"] for s in manifest["sources"]} == {"austen", "web_bible", "moby_dick"}
     for record in manifest["sources"]:
         assert record["deb_sha256"] == DEBIAN_SOURCES[record["name"]].package.sha256
+        assert record["licence"] == DEBIAN_SOURCES[record["name"]].licence.record() and record["licence"]["id"]
     for split in SPLITS:
         raw = (debian_data / f"{split}.bin").read_bytes()
         record = manifest["splits"][split]

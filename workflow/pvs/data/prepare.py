@@ -14,8 +14,9 @@
    an interrupted run leaves no manifest and simply runs again.
 
 manifest.json: dtype, vocab_size, eos_id, seed, doc_chars, split_fractions, tokenizer (trained or the
-imported one), documents (read, duplicates_dropped, distinct), sources (name, origin: package, version
-and deb_sha256 / path and sha256 / hf spec, characters, documents, distinct_documents), splits (per
+imported one), documents (read, duplicates_dropped, distinct), sources (name, origin: package, version,
+deb_sha256, deb_file and licence {id, statement} / path and sha256 / hf spec, characters, documents,
+distinct_documents), splits (per
 split: documents, tokens, characters, documents per source, sha256 of the .bin), val_sources
 ({source: [start, end)} token ranges in val.bin), total_tokens (all splits: the deduplicated corpus,
 EOS separators included), distinct_token_ids, versions (libraries), seconds.

@@ -2,7 +2,8 @@
 
 Every collector returns ``(documents, sources)``: ``documents`` is a list of ``Document(source, text)``
 cut to about ``data.doc_chars`` characters, ``sources`` one ``dict`` per source for the manifest (name,
-where the text came from, characters, documents). Problems raise ``CorpusError`` naming the config key.
+where the text came from, a Debian source's licence, characters, documents). Problems raise
+``CorpusError`` naming the config key.
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def debian_documents(names: list[str], cache_dir: str | Path, doc_chars: int) ->
         texts = [text for _, text in source.read(root)]
         docs, record = _source_record(name, texts, doc_chars, package=source.package.name,
                                       version=source.package.version, deb_sha256=source.package.sha256,
-                                      deb_file=deb.name)
+                                      deb_file=deb.name, licence=source.licence.record())
         log.info("%s: %d characters, %d documents (%s)", name, record["characters"], len(docs), deb.name)
         documents += docs
         records.append(record)

@@ -1,18 +1,22 @@
-"""Read a SWORD zText Bible module (e.g. the World English Bible) into clean text, book by book.
+"""Read a SWORD zText Bible or zCom commentary module (e.g. the World English Bible) into clean text.
 
-A zText module holds each testament (``ot``, ``nt``) in three files:
+A zText or zCom module holds each testament (``ot``, ``nt``) in three files, named after the module's
+``BlockType`` (``b`` = BOOK: ``ot.bzz``, ``ot.bzs``, ``ot.bzv``; ``c`` = CHAPTER: ``ot.czz``, ...):
 
-* ``.bzz``: zlib-compressed blocks, concatenated (with ``BlockType=BOOK`` about one block per book);
-* ``.bzs``: the block index, 12 bytes per block: little-endian uint32 offset into ``.bzz``,
-  compressed size, uncompressed size;
-* ``.bzv``: the entry index in versification order, 10 bytes per entry: uint32 block number, uint32
-  offset inside the uncompressed block, uint16 size (size 0 = empty entry). Entry 0 is the module
-  header, 1 the testament header, then per book a book intro, and per chapter a chapter heading
-  followed by its verses: Genesis 1:1 is entry 4 of ``ot``.
+* ``.?zz``: zlib-compressed blocks, concatenated (about one block per book or per chapter);
+* ``.?zs``: the block index, 12 bytes per block: little-endian uint32 offset into ``.?zz``,
+  compressed size, uncompressed size (an empty file: the module has nothing for that testament);
+* ``.?zv``: the entry index in versification order, 10 bytes per entry: uint32 block number, uint32
+  offset inside the uncompressed block, uint16 size (size 0 = empty entry); the "4" drivers (zText4,
+  zCom4) store the size as uint32, 12 bytes per entry. Entry 0 is the module header, 1 the testament
+  header, then per book a book intro, and per chapter a chapter heading followed by its verses:
+  Genesis 1:1 is entry 4 of ``ot``. A commentary note on a range of verses is one text that every
+  verse of the range points to (a linked entry).
 
 Entries are OSIS XML fragments. ``osis_to_text`` keeps the running text and turns the markup into
 layout: paragraph markers, chapters, titles and line groups become blank lines, poetic lines become
-line breaks; footnotes, cross references and Strong's numbers are dropped.
+line breaks, table rows paragraphs (their cells separated by a space); footnotes and Strong's numbers are
+dropped (the text of a ``<reference>`` is kept).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from typing import Iterator
 
 BLOCK_RECORD = struct.Struct("<III")  # offset, compressed size, uncompressed size
 ENTRY_RECORD = struct.Struct("<IIH")  # block, offset in block, size
+ENTRY_RECORD4 = struct.Struct("<III")  # the same with a uint32 size (zText4, zCom4)
 TESTAMENTS = ("ot", "nt")
 
 _NOTE = re.compile(r"<note\b[^>]*?(?:/>|>.*?</note>)", re.S)
@@ -34,7 +39,8 @@ _ATTR = re.compile(r'([A-Za-z]+)="([^"]*)"')
 _PLAIN = re.compile(r"</?w\b[^>]*>|<div type=\"x-milestone\"[^>]*>")  # no layout: drop fast
 _BOOK_START = re.compile(r"<div\b[^>]*\btype=\"book\"[^>]*>")
 _NOTE_MARK = "\x01"
-BREAK_TAGS = {"chapter", "lg", "p", "title", "speaker", "list", "item", "head"}  # open/close = paragraph
+# open or close = a paragraph break
+BREAK_TAGS = {"chapter", "lg", "p", "title", "speaker", "list", "item", "head", "table", "row"}
 
 
 class SwordError(ValueError):
@@ -49,23 +55,37 @@ def _records(path: Path, record: struct.Struct) -> list[tuple]:
 
 
 class ZTextModule:
-    """One zText module directory (the folder holding ``ot.bzs``, ``nt.bzv``, ...)."""
+    """One zText or zCom module directory (the folder holding ``ot.bzs``, ``nt.bzv``, ...).
 
-    def __init__(self, path: str | Path):
+    ``block_type`` is the first letter of the files' extension (``b`` or ``c``); ``wide_sizes`` reads
+    12-byte entries (the zText4 and zCom4 drivers: check the file sizes, a ``.conf`` may name the driver
+    wrongly); ``linked_once`` reads a linked entry only once (for commentaries; off for the World English
+    Bible, whose few linked verses are read as before so that its text does not change).
+    """
+
+    def __init__(self, path: str | Path, block_type: str = "b", wide_sizes: bool = False,
+                 linked_once: bool = False):
         self.path = Path(path)
-        self.testaments = [t for t in TESTAMENTS if (self.path / f"{t}.bzv").exists()]
+        self._ext, self.linked_once = block_type, linked_once
+        self.testaments = [t for t in TESTAMENTS if (self.path / f"{t}.{block_type}zv").exists()
+                           and self._file(t, "s").stat().st_size > 0]
         if not self.testaments:
-            raise SwordError(f"{self.path} holds no zText module (no ot.bzv or nt.bzv)")
-        self._blocks = {t: _records(self.path / f"{t}.bzs", BLOCK_RECORD) for t in self.testaments}
-        self._index = {t: _records(self.path / f"{t}.bzv", ENTRY_RECORD) for t in self.testaments}
+            raise SwordError(f"{self.path} holds no zText module (no ot.{block_type}zv or nt.{block_type}zv "
+                             f"with blocks)")
+        record = ENTRY_RECORD4 if wide_sizes else ENTRY_RECORD
+        self._blocks = {t: _records(self._file(t, "s"), BLOCK_RECORD) for t in self.testaments}
+        self._index = {t: _records(self._file(t, "v"), record) for t in self.testaments}
         self._cache: tuple[tuple[str, int], bytes] | None = None
+
+    def _file(self, testament: str, kind: str) -> Path:
+        return self.path / f"{testament}.{self._ext}z{kind}"
 
     def _block(self, testament: str, number: int) -> bytes:
         """One decompressed block (the last one is kept: entries are read in block order)."""
         if self._cache and self._cache[0] == (testament, number):
             return self._cache[1]
         offset, size, usize = self._blocks[testament][number]
-        with open(self.path / f"{testament}.bzz", "rb") as f:
+        with open(self._file(testament, "z"), "rb") as f:
             f.seek(offset)
             raw = zlib.decompress(f.read(size))
         if len(raw) != usize:
@@ -81,8 +101,13 @@ class ZTextModule:
         return self._block(testament, block)[offset:offset + size].decode("utf-8")
 
     def entries(self, testament: str) -> Iterator[str]:
-        """The raw OSIS of every entry of a testament, in versification order."""
-        for index in range(len(self._index[testament])):
+        """The raw OSIS of every entry of a testament, in versification order; with ``linked_once`` a
+        linked entry (the text of an earlier one: a commentary note on a verse range) only the first time."""
+        seen = set()
+        for index, record in enumerate(self._index[testament]):
+            if self.linked_once and record[2] and record in seen:
+                continue
+            seen.add(record)
             yield self.entry(testament, index)
 
     def books(self) -> Iterator[tuple[str, str]]:
@@ -117,6 +142,8 @@ def _layout(match: re.Match) -> str:
         return "\n\n" if values.get("type") == "x-p" else "\n"
     if tag == "l" and not closing and "eID" not in values:
         return "\n"
+    if tag == "cell" and closing:
+        return "\t"
     return ""
 
 

@@ -92,7 +92,8 @@ def test_every_cli_answers_help_from_any_directory(cli, tmp_path):
 
 
 def test_snakemake_lint_has_no_warnings():
-    for config in ("config.yaml", "configs/smoke.yaml", "configs/paper.yaml", "configs/smollm2.yaml"):
+    for config in ("config.yaml", "configs/smoke.yaml", "configs/paper.yaml", "configs/smollm2.yaml",
+                   "configs/cpu_full.yaml"):
         result = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--configfile", config], cwd=ROOT,
                                 capture_output=True, text=True, timeout=300)
         out = result.stdout + result.stderr

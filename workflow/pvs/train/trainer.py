@@ -121,6 +121,16 @@ def make_optimizer(model: torch.nn.Module, recipe: dict) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=recipe["lr"], betas=tuple(recipe["betas"]), eps=recipe["eps"])
 
 
+def make_train_step(model, optimizer, masks, recipe: dict, device: torch.device, sharded: bool = False) -> TrainStep:
+    """The step the trainer runs (pvs.train.step.TrainStep) for the ``train`` recipe: bf16 autocast when
+    ``precision`` is bf16 in one process (under FSDP2 the policy casts), the whole-model compiled forward
+    for ``compile: true``, the chunked loss for ``loss_chunk_tokens``. Also used by benchmarks/train_throughput.py."""
+    use_bf16 = recipe["precision"] == "bf16" and not sharded
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    return TrainStep(model, optimizer, masks, recipe["grad_clip"], autocast,
+                     forward=compiled_forward(model, recipe["compile"]), loss_chunk_tokens=recipe["loss_chunk_tokens"])
+
+
 @torch.no_grad()
 def validation_loss(model, windows: torch.Tensor, micro_batch: int, autocast,
                     ctx: distributed.Dist = distributed.Dist()) -> float:
@@ -290,11 +300,8 @@ def _train(args: argparse.Namespace, cfg: dict, ctx: distributed.Dist) -> dict:
     log = MetricsLog(ckpt_dir / "metrics.jsonl", start_step) if ctx.main else None
 
     val = torch.from_numpy(spread_windows(load_split(args.data, "val"), seq_len, recipe["eval_windows"])).to(device)
-    use_bf16 = recipe["precision"] == "bf16" and not ctx.sharded                       # FSDP2 casts itself
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
-    train_step = TrainStep(model, optimizer, masks, recipe["grad_clip"], autocast,
-                           forward=compiled_forward(model, recipe["compile"]),
-                           loss_chunk_tokens=recipe["loss_chunk_tokens"])
+    train_step = make_train_step(model, optimizer, masks, recipe, device, ctx.sharded)
+    autocast = train_step.autocast
     if start_step == 0:
         loss0 = validation_loss(model, val, micro, autocast, ctx)
         if log:

@@ -126,6 +126,7 @@ def build_variant(name: str, model, recipe: dict, batch):
 def measure_shape(label: str, arch: dict, vocab: int, seq: int, batch_size: int, recipe: dict,
                   variants: list[str], args) -> dict:
     """Tokens/s of every variant at one shape, interleaved repetitions."""
+    torch._dynamo.reset()          # a fresh compile per shape (no recompile limit carried over from the last)
     torch.manual_seed(0)
     model = LlamaForCausalLM(llama_config({"head_dim": None, "rope_theta": 500000.0, **arch}, vocab, 0, 0))
     init_weights_(model, recipe["init_std"], torch.Generator().manual_seed(0))

@@ -121,12 +121,16 @@ def head_returns_loss(model, labels: torch.Tensor, chunk: int):
 
 def micro_batch_loss(forward, model, x: torch.Tensor, y: torch.Tensor, autocast,
                      loss_chunk_tokens: int | None = None) -> torch.Tensor:
-    """Mean next-token loss of one micro-batch (``forward``: the model or its whole-model compiled twin)."""
+    """Mean next-token loss of one micro-batch (``forward``: the model or its whole-model compiled twin).
+
+    ``use_cache=False``: training needs no KV cache, and HF's default (``config.use_cache``) would build a
+    DynamicCache in every forward; the loss is the same, and compiled layers do not recompile per layer
+    over the cache's state (which, past torch._dynamo's recompile limit of 8, left the rest eager)."""
     if loss_chunk_tokens:
         with head_returns_loss(model, y, loss_chunk_tokens), autocast():
-            return forward(input_ids=x).logits
+            return forward(input_ids=x, use_cache=False).logits
     with autocast():
-        logits = forward(input_ids=x).logits
+        logits = forward(input_ids=x, use_cache=False).logits
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
 
 

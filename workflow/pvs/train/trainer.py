@@ -149,7 +149,7 @@ def validation_loss(model, windows: torch.Tensor, micro_batch: int, autocast,
         weight = 1.0 if len(x) else 0.0
         x = x if len(x) else windows[:1]
         with autocast():
-            logits = model(input_ids=x).logits
+            logits = model(input_ids=x, use_cache=False).logits
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)),
                                                 x[:, 1:].reshape(-1), reduction="sum")
         total += weight * nll.double().cpu()

@@ -19,13 +19,16 @@ Switches (``train.*`` in the config; off = the plain path, numerically identical
     FSDP2 gathers and reduces the head's weight as for the plain path.
   * ``compile: layers`` (``compile_layers``): every decoder layer ``.compile()``-d in place (same parameter
     names), before FSDP2 shards it (torchtitan's order); ``compile: true`` compiles the whole model (as before).
+    ``compile_cache_dir`` (``use_compile_cache``): inductor's on-disk cache, shared by a study's jobs.
   * ``prefetch_batches`` (``Batches``): the next step's windows are read (and pinned on CUDA) in a background
     thread while the current step computes; the copies to the GPU are non-blocking.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -135,6 +138,16 @@ def micro_batch_loss(forward, model, x: torch.Tensor, y: torch.Tensor, autocast,
 
 
 # ---------------------------------------------------------------- compile
+def use_compile_cache(path) -> None:
+    """Point inductor's on-disk cache (compiled kernels, FX graphs, AOT autograd) at ``path``, so every job of
+    a study (every job of one shape, after the first) reuses the compiled layers; call before the first
+    compile. Without it torch's default applies: $TORCHINDUCTOR_CACHE_DIR, else /tmp/torchinductor_$USER
+    (shared by the jobs of one machine)."""
+    cache = Path(path).resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
+
+
 def compile_layers(model) -> None:
     """``torch.compile`` each decoder layer in place (``nn.Module.compile``: parameter names unchanged);
     call before sharding (FSDP2 then wraps the compiled layers, as torchtitan orders it)."""

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from pvs.cli import doc_parser, guarded
 from pvs.train import checkpoint, distributed
-from pvs.train.step import Batches, TrainStep, compile_layers, compiled_forward
+from pvs.train.step import Batches, TrainStep, compile_layers, compiled_forward, use_compile_cache
 from pvs.budget import format_tokens, parse_tokens, steps_for_budget
 from pvs.config import RUN_ONLY_TRAIN_KEYS, load_config, result_recipe, validate_config
 from pvs.modeling import (apply_masks_, count_params, freeze_forced_biases_, init_weights_, llama_config, load_masks,
@@ -265,6 +265,8 @@ def _train(args: argparse.Namespace, cfg: dict, ctx: distributed.Dist) -> dict:
     recipe = cfg["train"]
     seed = cfg["seed"] if args.seed is None else args.seed
     torch.set_num_threads(args.threads or cfg["threads_per_job"])
+    if recipe["compile"] and recipe["compile_cache_dir"]:
+        use_compile_cache(recipe["compile_cache_dir"])
     device = pick_device(args.device or cfg["device"])
     if ctx.sharded and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)

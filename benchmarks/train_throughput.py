@@ -7,16 +7,18 @@
 Variants (each on its own copy of the same randomly initialized model, the same batch, one process, the
 same torch.set_num_threads):
   baseline  the trainer's step as of commit 0768a99, kept here as a frozen copy (``baseline_step``: its
-            make_optimizer and TrainStep.__call__ verbatim, masks none): stock AdamW, forward without
-            use_cache, cross-entropy on fp32 logits, backward, clip, step, zero_grad(set_to_none).
+            make_optimizer and TrainStep.__call__ verbatim, masks none): stock AdamW, forward with
+            HF's default use_cache (a DynamicCache built each forward), cross-entropy on fp32 logits,
+            backward, clip, step, zero_grad(set_to_none).
   pvs       pvs.train as the trainer builds it today: pvs.train.trainer.make_optimizer and
-            pvs.train.trainer.make_train_step (TrainStep) from the config's ``train`` section, masks none.
+            pvs.train.trainer.make_train_step (TrainStep) from the config's ``train`` section, masks none
+            (forward with use_cache=False; the same loss as the baseline, bit for bit).
   bare      a bare loop on the same HF model: forward (use_cache=False), cross_entropy, backward,
             clip_grad_norm_, torch.optim.AdamW (stock options) step, zero_grad.
-With --levers, more: bare_usecache (the bare loop with HF's default use_cache, which builds a
-DynamicCache in every training forward), bare_foreach / bare_fused (AdamW foreach=True / fused=True), pvs_compile
-(train.compile: layers; the warm-up includes the compilation, its seconds are reported), pvs_bf16
-(train.precision: bf16 autocast; only where the CPU has amx_bf16).
+With --levers, more: bare_usecache (the bare loop with HF's default use_cache), bare_foreach /
+bare_fused (AdamW foreach=True / fused=True), pvs_compile (train.compile: layers; the warm-up includes
+the compilation, its seconds are reported), pvs_bf16 (train.precision: bf16 autocast; only where the
+CPU has amx_bf16). --variants picks any of these by name.
 
 Measurement: every variant runs --warmup steps, then --reps repetitions of --steps steps each; the
 repetitions interleave the variants (the order rotates each repetition), so a load change on a shared
@@ -205,14 +207,14 @@ def shapes(args, cfg: dict) -> list[tuple]:
 def table(results: list[dict]) -> str:
     names = list(dict.fromkeys(n for r in results for n in r["variants"]))
     head = f"{'shape':8} {'seq':>4} {'batch':>5} " + " ".join(f"{n:>12}" for n in names)
-    ratio_names = [k for k in results[0]["ratios"] if "(cpu)" not in k and (k.endswith("/baseline")
-                                                                           or k == "pvs/bare")]
-    head += " " + " ".join(f"{k:>18}" for k in ratio_names)
+    ratio_names = [k for k in results[0]["ratios"] if k.split(" ")[0].endswith("/baseline")
+                   or k.split(" ")[0] == "pvs/bare"]
+    head += " " + " ".join(f"{k:>24}" for k in ratio_names)
     lines = [head]
     for r in results:
         cells = " ".join(f"{r['variants'][n]['tok_per_s']:>12.0f}" if n in r["variants"] else f"{'':>12}"
                          for n in names)
-        ratios = " ".join(f"{r['ratios'].get(k, float('nan')):>18.3f}" for k in ratio_names)
+        ratios = " ".join(f"{r['ratios'].get(k, float('nan')):>24.3f}" for k in ratio_names)
         lines.append(f"{r['shape']:8} {r['seq_len']:>4} {r['batch_size']:>5} {cells} {ratios}")
     return "\n".join(lines)
 

@@ -434,11 +434,14 @@ def test_chunked_loss_and_prefetch_follow_the_plain_trainer(byte_splits, config_
         [r["val_loss"] for r in a if "val_loss" in r], abs=1e-5)
 
 
-def test_per_layer_compile_follows_the_eager_trainer(byte_splits, config_file, tmp_path):
+def test_per_layer_compile_follows_the_eager_trainer(byte_splits, config_file, tmp_path, monkeypatch):
     """compile: layers (each decoder layer compiled in place): the eager run's losses within 1e-5 over 5 steps,
-    and the saved weights keep their names."""
+    the saved weights keep their names, and inductor's cache is the configured compile_cache_dir."""
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)        # restored after the test
     run("parent", 640, byte_splits, tmp_path / "eager", config_file)
-    run("parent", 640, byte_splits, tmp_path / "compiled", switched_config(config_file, tmp_path, "c", compile="layers"))
+    run("parent", 640, byte_splits, tmp_path / "compiled",
+        switched_config(config_file, tmp_path, "c", compile="layers", compile_cache_dir=str(tmp_path / "inductor")))
+    assert any((tmp_path / "inductor").iterdir())
     eager, compiled = metrics(tmp_path / "eager"), metrics(tmp_path / "compiled")
     assert len([r for r in eager if "loss" in r]) == 5
     assert [r["loss"] for r in compiled if "loss" in r] == pytest.approx([r["loss"] for r in eager if "loss" in r],

@@ -36,13 +36,14 @@ class ConfigError(ValueError):
 #   micro_batch_size           gradient accumulation: the same global batch in smaller pieces
 #   activation_checkpointing   recomputing activations in the backward pass (the same gradients)
 #   compile                    torch.compile of the model or per decoder layer (the same function, fused)
+#   compile_cache_dir          where inductor caches compiled kernels (shared by a study's jobs)
 #   loss_chunk_tokens          the LM head + cross-entropy in chunks of tokens (the same loss, less memory)
 #   prefetch_batches           the next step's windows read in a background thread (the same windows)
 #   shard_embeddings           embedding and LM head as their own FSDP2 units (the same update)
 # (eval_windows is not run-only: the logged curves are the learning curves finding F0 reads, so every run
 # of a study must average the same windows.)
 RUN_ONLY_TRAIN_KEYS = ("checkpoint_every", "eval_every_tokens", "micro_batch_size", "activation_checkpointing",
-                       "compile", "loss_chunk_tokens", "prefetch_batches", "shard_embeddings")
+                       "compile", "compile_cache_dir", "loss_chunk_tokens", "prefetch_batches", "shard_embeddings")
 
 
 def result_recipe(train_cfg: dict) -> dict:

@@ -19,13 +19,16 @@ Switches (``train.*`` in the config; off = the plain path, numerically identical
     FSDP2 gathers and reduces the head's weight as for the plain path.
   * ``compile: layers`` (``compile_layers``): every decoder layer ``.compile()``-d in place (same parameter
     names), before FSDP2 shards it (torchtitan's order); ``compile: true`` compiles the whole model (as before).
+    ``compile_cache_dir`` (``use_compile_cache``): inductor's on-disk cache, shared by a study's jobs.
   * ``prefetch_batches`` (``Batches``): the next step's windows are read (and pinned on CUDA) in a background
     thread while the current step computes; the copies to the GPU are non-blocking.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -121,16 +124,30 @@ def head_returns_loss(model, labels: torch.Tensor, chunk: int):
 
 def micro_batch_loss(forward, model, x: torch.Tensor, y: torch.Tensor, autocast,
                      loss_chunk_tokens: int | None = None) -> torch.Tensor:
-    """Mean next-token loss of one micro-batch (``forward``: the model or its whole-model compiled twin)."""
+    """Mean next-token loss of one micro-batch (``forward``: the model or its whole-model compiled twin).
+
+    ``use_cache=False``: training needs no KV cache, and HF's default (``config.use_cache``) would build a
+    DynamicCache in every forward; the loss is the same, and compiled layers do not recompile per layer
+    over the cache's state (which, past torch._dynamo's recompile limit of 8, left the rest eager)."""
     if loss_chunk_tokens:
         with head_returns_loss(model, y, loss_chunk_tokens), autocast():
-            return forward(input_ids=x).logits
+            return forward(input_ids=x, use_cache=False).logits
     with autocast():
-        logits = forward(input_ids=x).logits
+        logits = forward(input_ids=x, use_cache=False).logits
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
 
 
 # ---------------------------------------------------------------- compile
+def use_compile_cache(path) -> None:
+    """Point inductor's on-disk cache (compiled kernels, FX graphs, AOT autograd) at ``path``, so every job of
+    a study (every job of one shape, after the first) reuses the compiled layers; call before the first
+    compile. Without it torch's default applies: $TORCHINDUCTOR_CACHE_DIR, else /tmp/torchinductor_$USER
+    (shared by the jobs of one machine)."""
+    cache = Path(path).resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
+
+
 def compile_layers(model) -> None:
     """``torch.compile`` each decoder layer in place (``nn.Module.compile``: parameter names unchanged);
     call before sharding (FSDP2 then wraps the compiled layers, as torchtitan orders it)."""

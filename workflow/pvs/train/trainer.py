@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from pvs.cli import doc_parser, guarded
 from pvs.train import checkpoint, distributed
-from pvs.train.step import Batches, TrainStep, compile_layers, compiled_forward
+from pvs.train.step import Batches, TrainStep, compile_layers, compiled_forward, use_compile_cache
 from pvs.budget import format_tokens, parse_tokens, steps_for_budget
 from pvs.config import RUN_ONLY_TRAIN_KEYS, load_config, result_recipe, validate_config
 from pvs.modeling import (apply_masks_, count_params, freeze_forced_biases_, init_weights_, llama_config, load_masks,
@@ -121,6 +121,16 @@ def make_optimizer(model: torch.nn.Module, recipe: dict) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=recipe["lr"], betas=tuple(recipe["betas"]), eps=recipe["eps"])
 
 
+def make_train_step(model, optimizer, masks, recipe: dict, device: torch.device, sharded: bool = False) -> TrainStep:
+    """The step the trainer runs (pvs.train.step.TrainStep) for the ``train`` recipe: bf16 autocast when
+    ``precision`` is bf16 in one process (under FSDP2 the policy casts), the whole-model compiled forward
+    for ``compile: true``, the chunked loss for ``loss_chunk_tokens``. Also used by benchmarks/train_throughput.py."""
+    use_bf16 = recipe["precision"] == "bf16" and not sharded
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    return TrainStep(model, optimizer, masks, recipe["grad_clip"], autocast,
+                     forward=compiled_forward(model, recipe["compile"]), loss_chunk_tokens=recipe["loss_chunk_tokens"])
+
+
 @torch.no_grad()
 def validation_loss(model, windows: torch.Tensor, micro_batch: int, autocast,
                     ctx: distributed.Dist = distributed.Dist()) -> float:
@@ -139,7 +149,7 @@ def validation_loss(model, windows: torch.Tensor, micro_batch: int, autocast,
         weight = 1.0 if len(x) else 0.0
         x = x if len(x) else windows[:1]
         with autocast():
-            logits = model(input_ids=x).logits
+            logits = model(input_ids=x, use_cache=False).logits
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)),
                                                 x[:, 1:].reshape(-1), reduction="sum")
         total += weight * nll.double().cpu()
@@ -255,6 +265,8 @@ def _train(args: argparse.Namespace, cfg: dict, ctx: distributed.Dist) -> dict:
     recipe = cfg["train"]
     seed = cfg["seed"] if args.seed is None else args.seed
     torch.set_num_threads(args.threads or cfg["threads_per_job"])
+    if recipe["compile"] and recipe["compile_cache_dir"]:
+        use_compile_cache(recipe["compile_cache_dir"])
     device = pick_device(args.device or cfg["device"])
     if ctx.sharded and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
@@ -290,11 +302,8 @@ def _train(args: argparse.Namespace, cfg: dict, ctx: distributed.Dist) -> dict:
     log = MetricsLog(ckpt_dir / "metrics.jsonl", start_step) if ctx.main else None
 
     val = torch.from_numpy(spread_windows(load_split(args.data, "val"), seq_len, recipe["eval_windows"])).to(device)
-    use_bf16 = recipe["precision"] == "bf16" and not ctx.sharded                       # FSDP2 casts itself
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
-    train_step = TrainStep(model, optimizer, masks, recipe["grad_clip"], autocast,
-                           forward=compiled_forward(model, recipe["compile"]),
-                           loss_chunk_tokens=recipe["loss_chunk_tokens"])
+    train_step = make_train_step(model, optimizer, masks, recipe, device, ctx.sharded)
+    autocast = train_step.autocast
     if start_step == 0:
         loss0 = validation_loss(model, val, micro, autocast, ctx)
         if log:

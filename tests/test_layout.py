@@ -80,7 +80,7 @@ def test_no_shared_module_imports_a_stage_and_there_are_no_cycles():
 
 
 @pytest.mark.parametrize("cli", ["pvs.data", "pvs.data.shards", "pvs.train", "pvs.train.parent", "pvs.train.budget",
-                                 "pvs.prune", "pvs.evaluate", "pvs.evaluate.tasks", "pvs.evaluate.sets", "pvs.report",
+                                 "pvs.prune", "pvs.evaluate", "pvs.evaluate.tasks", "pvs.evaluate.sets", "pvs.report", "pvs.report.regime",
                                  "pvs.study", "pvs.config", "pvs.resources", "pvs.lock"])
 def test_every_cli_answers_help_from_any_directory(cli, tmp_path):
     """Only the venv's bin on PATH, no PYTHONPATH, a directory outside the checkout: the installed package."""

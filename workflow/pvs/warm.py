@@ -204,9 +204,16 @@ def _server_connection() -> socket.socket:
         raise Unavailable(f"{type(e).__name__}: {e}") from None
 
 
+def _forget_pvs() -> None:
+    """Drop the launcher's own package from sys.modules: the job imports pvs afresh, as a plain process does."""
+    for name in [m for m in sys.modules if m == "pvs" or m.startswith("pvs.") or m == "__mp_main__"]:
+        del sys.modules[name]
+
+
 def _run_in_process(module: str, args: list[str]) -> int:
     import runpy
 
+    _forget_pvs()
     sys.argv = [module, *args]
     runpy.run_module(module, run_name="__main__", alter_sys=True)  # SystemExit and exceptions as in a plain run
     return 0
@@ -361,8 +368,7 @@ def _run_job(request: dict, fds: list[int]) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as CPython sets it
         _fresh_stdio()
-        for name in [m for m in sys.modules if m == "pvs" or m.startswith("pvs.") or m == "__mp_main__"]:
-            del sys.modules[name]
+        _forget_pvs()
         sys.path[0] = os.getcwd()
         _fresh_rngs()
         sys.argv = [request["module"], *request["argv"]]

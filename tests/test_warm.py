@@ -188,3 +188,15 @@ def test_a_training_job_gives_the_same_metrics_both_ways(env, byte_splits, tmp_p
         results[warm] = [{k: v for k, v in r.items() if k not in ("tok_per_s", "seconds")} for r in lines]
         results[warm].append((out / "model.safetensors").read_bytes())
     assert len(results[True]) > 2 and results[True] == results[False]
+
+
+def test_the_launcher_is_warm_for_local_single_process_jobs_only():
+    from pvs.config import validate_config
+    from pvs.resources import launcher
+
+    cpu = validate_config({"device": "cpu"})
+    assert launcher(cpu, "child", "python", warm=True) == "python -m pvs.warm"
+    assert launcher(cpu, "child", "python") == "python"
+    cuda = validate_config({"device": "cuda", "cluster": {"gpus": {"child": 4}}})
+    assert "torch.distributed.run" in launcher(cuda, "child", "python", warm=True)
+    assert validate_config({})["warm_start"] is True

@@ -72,18 +72,20 @@ def prepare(work: Path, env: dict, args) -> dict[str, Path]:
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     steps = [
-        (data / "manifest.json", ["pvs.data", "--config", str(config), "--out", str(data), "--cache", str(work / "dl")]),
-        (tasks, ["pvs.evaluate.tasks", "--data", str(data), "--out", str(tasks), "--examples", str(ev["local_task_examples"]),
-                 "--seed", str(cfg["seed"]), *blimp]),
-        (parent, ["pvs.train", "--arm", "parent", "--tokens", args.parent_tokens, "--data", str(data), "--out", str(parent),
-                  "--ckpt", str(work / "ckpt/parent"), "--config", str(config), "--threads", "1"]),
-        (child, ["pvs.prune", "--method", "sparsegpt", "--ratio", "0.5", "--model", str(parent), "--data", str(data),
-                 "--out", str(child), "--config", str(config), "--threads", "1"]),
+        (data / "manifest.json",
+         ["pvs.data", "--config", str(config), "--out", str(data), "--cache", str(work / "dl")]),
+        (tasks, ["pvs.evaluate.tasks", "--data", str(data), "--out", str(tasks),
+                 "--examples", str(ev["local_task_examples"]), "--seed", str(cfg["seed"]), *blimp]),
+        (parent, ["pvs.train", "--arm", "parent", "--tokens", args.parent_tokens, "--data", str(data),
+                  "--out", str(parent), "--ckpt", str(work / "ckpt/parent"), "--config", str(config),
+                  "--threads", "1"]),
+        (child, ["pvs.prune", "--method", "sparsegpt", "--ratio", "0.5", "--model", str(parent),
+                 "--data", str(data), "--out", str(child), "--config", str(config), "--threads", "1"]),
     ]
-    for target, args in steps:
+    for target, cmd in steps:
         if not target.exists():
-            print(f"prepare: {' '.join(args[:1])} -> {target}", file=sys.stderr)
-            run(py + args, env, logs / f"prepare_{args[0]}.log")
+            print(f"prepare: {cmd[0]} -> {target}", file=sys.stderr)
+            run(py + cmd, env, logs / f"prepare_{cmd[0]}.log")
     return {"config": config, "data": data, "tasks": tasks, "parent": parent, "child": child}
 
 
@@ -102,7 +104,8 @@ def jobs(p: dict[str, Path], out: Path, train_tokens: str) -> dict[str, list[str
 def main(argv: list[str] | None = None) -> int:
     parser = doc_parser("benchmarks/startup.py", __doc__)
     parser.add_argument("--reps", type=int, default=3, help="timed runs of each job on each path (default: 3)")
-    parser.add_argument("--config", default="config.yaml", help="study whose settings the jobs use (default: %(default)s)")
+    parser.add_argument("--config", default="config.yaml",
+                        help="study whose settings the jobs use (default: %(default)s)")
     parser.add_argument("--parent-tokens", default="20k", help="tokens of the prepared parent (default: %(default)s)")
     parser.add_argument("--train-tokens", default="50k",
                         help="tokens of the timed retraining job (default: %(default)s, the default study's smallest)")

@@ -35,6 +35,8 @@ Caveats.
     as Snakemake sets it for a 1-thread job) and jemalloc's background thread (pyarrow); both libraries
     re-initialise after fork through their pthread_atfork handlers. The server checks that it holds one
     Python thread before serving.
+  Exit: the exit handlers the preloaded libraries registered run in every job, as in a plain process (torch's
+    ~180 library finalizers: about 0.1 s of the warm start-up, more than cold because they touch shared pages).
   Memory: jobs share the server's imported pages copy-on-write; each job's own allocations are its own. One
     idle server (about 490 MB RSS measured, 345 MB of it anonymous) lives PVS_WARM_IDLE seconds after its last job.
   Determinism: a job computes what the plain process computes (tests/test_warm.py trains a tiny model through

@@ -2,7 +2,7 @@
 
     python -m pvs.warm pvs.train --arm parent ...      # same as: python -m pvs.train --arm parent ...
     python -m pvs.warm -m pvs.evaluate --model ...     # a leading -m is accepted (the rules' launcher string)
-    python -m pvs.warm --stop                          # stop this environment's server (tests, benchmarks)
+    python -m pvs.warm --stop                          # stop the runtime dir's servers (tests, benchmarks)
 
 Every Snakemake job is its own process and, cold, spends seconds importing torch, transformers, lm_eval and
 datasets before its 10-60 s of work. This client imports only the standard library (it starts in ~50 ms),
@@ -301,20 +301,19 @@ def run_client(module: str, args: list[str]) -> int:
     return _run_in_process(module, args)
 
 
-def stop_server() -> int:
-    """Stop this environment's server (SIGTERM by its pid file); 0 whether or not one ran."""
-    p = paths(server_key())
-    try:
-        pid = int(open(p["pid"]).read())
-    except (OSError, ValueError):
-        return 0
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return 0
-    for _ in range(100):
-        if not _alive(pid):
-            break
+def stop_servers() -> int:
+    """Stop every server of the runtime dir (SIGTERM by their pid files, any key); 0 whether or not one ran."""
+    import glob
+
+    pids = []
+    for pid_file in glob.glob(os.path.join(glob.escape(runtime_dir()), "*.pid")):
+        try:
+            pids.append(int(open(pid_file).read()))
+            os.kill(pids[-1], signal.SIGTERM)
+        except (OSError, ValueError):
+            pass
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     return 0
 
@@ -384,6 +383,11 @@ def _run_job(request: dict, fds: list[int]) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as CPython sets it
         _fresh_stdio()
+        try:  # `ps -o comm`/top name the job by its module (its command line stays the server's)
+            with open("/proc/self/comm", "w") as comm:
+                comm.write(request["module"][-15:])
+        except OSError:
+            pass
         _forget_pvs()
         sys.path[0] = os.getcwd()
         _fresh_rngs()
@@ -564,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--serve"] and len(argv) == 2:
         return serve(argv[1])
     if argv[:1] == ["--stop"]:
-        return stop_server()
+        return stop_servers()
     if argv[:1] == ["-m"]:
         argv = argv[1:]
     if not argv or argv[0].startswith("-"):
@@ -573,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
         parser = doc_parser("python -m pvs.warm", __doc__)
         parser.add_argument("module", help="the module to run as __main__, e.g. pvs.train (a leading -m is accepted)")
         parser.add_argument("args", nargs="*", help="its arguments, passed as they are")
-        parser.add_argument("--stop", action="store_true", help="stop this environment's server and exit")
+        parser.add_argument("--stop", action="store_true", help="stop every server of the runtime dir and exit")
         parser.parse_args(argv)
         return 2
     return run_client(argv[0], argv[1:])

@@ -200,3 +200,18 @@ def test_the_launcher_is_warm_for_local_single_process_jobs_only():
     cuda = validate_config({"device": "cuda", "cluster": {"gpus": {"child": 4}}})
     assert "torch.distributed.run" in launcher(cuda, "child", "python", warm=True)
     assert validate_config({})["warm_start"] is True
+
+
+def test_the_rules_start_local_jobs_warm_unless_warm_start_is_false(tmp_path):
+    def commands(*extra):
+        done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "2", "--directory",
+                               str(tmp_path), "-s", str(ROOT / "Snakefile"), "--configfile",
+                               str(ROOT / "configs/smoke.yaml"), *extra], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return [line for line in (done.stdout + done.stderr).splitlines() if " -m pvs." in line]
+
+    warm = commands()
+    for stage in ("train", "prune", "evaluate"):
+        assert any(f"-m pvs.warm -m pvs.{stage} " in line for line in warm), stage
+    assert not any("-m pvs.warm -m pvs.data" in line or "-m pvs.warm -m pvs.report" in line for line in warm)
+    assert not any("pvs.warm" in line for line in commands("--config", "warm_start=False"))

@@ -28,6 +28,11 @@ the job's whole process group. The client forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT
 The server reaps its handlers and, idle for PVS_WARM_IDLE seconds (default 120), removes its socket and exits;
 a socket file whose server is gone is detected (connection refused) and replaced.
 
+Environment: PVS_WARM_IDLE (seconds a server waits for its next job, default 120), PVS_WARM_DIR (the runtime
+dir, default $XDG_RUNTIME_DIR/pvs-warm or /tmp/pvs-warm-<uid>; each server's log is <key>.log there),
+PVS_WARM=0 (run in-process, cold), PVS_WARM_START_TIMEOUT (seconds to wait for a new server, default 300),
+PVS_WARM_FORCE=1 (use the server under Slurm too).
+
 Caveats.
   Fork safety: nothing in the server runs tensor ops or starts Python threads (tqdm's monitor thread starts with
     the first bar, in the job). torch's intra-op (OpenMP) pool is created lazily, so only in the job. The native

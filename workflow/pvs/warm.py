@@ -235,20 +235,33 @@ def _run_in_process(module: str, args: list[str]) -> int:
     import runpy
 
     _forget_pvs()
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.argv = [module, *args]
     runpy.run_module(module, run_name="__main__", alter_sys=True)  # SystemExit and exceptions as in a plain run
     return 0
 
 
+def _signal_job(pid: int, signum: int) -> None:
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:  # reported before its setsid: the process itself
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
 def _forward_signals(job: dict) -> None:
+    """SIGTERM/SIGINT/SIGHUP/SIGQUIT go to the job's process group; before the job exists the client ends by the
+    signal as a plain process would (a job started meanwhile is killed by the handler: the connection closes)."""
     def forward(signum, frame):
         if job.get("pid"):
-            try:
-                os.killpg(job["pid"], signum)
-            except ProcessLookupError:
-                pass
+            _signal_job(job["pid"], signum)
         else:
-            job.setdefault("pending", []).append(signum)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, forward)
@@ -289,8 +302,6 @@ def run_client(module: str, args: list[str]) -> int:
             conn.close()
             continue
         job["pid"] = json.loads(line)["pid"]
-        for signum in job.pop("pending", []):
-            os.killpg(job["pid"], signum)
         while True:
             try:
                 line = reader.readline()

@@ -88,11 +88,12 @@ def prune_size_and_tokens(cfg: dict, method: str) -> tuple[int | None, int | Non
     return None, None
 
 
-def launcher(cfg: dict, stage: str, python: str) -> str:
-    """How a training job starts: python; torchrun over one node's GPUs; or srun + torchrun on every node."""
+def launcher(cfg: dict, stage: str, python: str, warm: bool = False) -> str:
+    """How a training job starts: python (``python -m pvs.warm`` with ``warm``: a local single-process job
+    through the warm-start server); torchrun over one node's GPUs; or srun + torchrun on every node."""
     gpus, nodes = cfg["cluster"]["gpus"][stage], cfg["cluster"]["nodes"].get(stage, 1)
     if cfg["device"] != "cuda" or gpus * nodes <= 1:
-        return python
+        return f"{python} -m pvs.warm" if warm else python
     torchrun = f"{python} -m torch.distributed.run --nproc_per_node {gpus}"
     if nodes == 1:
         return f"{torchrun} --standalone"

@@ -99,9 +99,16 @@ EVALUATE_RESOURCES = _resources("evaluate")
 TOKENIZE_RESOURCES = _resources("tokenize")
 
 
+# warm_start: local single-process jobs run `python -m pvs.warm -m pvs.<stage> ...` (a fork server that holds
+# torch, transformers, lm_eval imported; README "Warm start"); cluster jobs and torchrun/srun launches do not
+WARM = config["warm_start"] and config["device"] != "cuda" and workflow.local_exec and not workflow.remote_exec
+WARM_PY = f"{PY} -m pvs.warm" if WARM else PY
+
+
 def launcher(stage):
-    """python, torchrun over the job's GPUs, or srun + torchrun per node (pvs.resources.launcher)."""
-    return pvs_launcher(config, stage, PY)
+    """python (warm: python -m pvs.warm), torchrun over the job's GPUs, or srun + torchrun per node
+    (pvs.resources.launcher)."""
+    return pvs_launcher(config, stage, PY, warm=WARM)
 
 
 # ---------------------------------------------------------------- evaluation (evaluate.smk)

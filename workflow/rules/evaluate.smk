@@ -83,5 +83,5 @@ rule evaluate:
         **EVALUATE_RESOURCES,
     threads: config["threads_per_job"]
     shell:
-        f"{PY} -m pvs.evaluate --model {{input.model}} --data {R}/data --tasks {{input.tasks}} --out {{output}}"
+        f"{WARM_PY} -m pvs.evaluate --model {{input.model}} --data {R}/data --tasks {{input.tasks}} --out {{output}}"
         f" --config {CONFIG} --threads {{threads}} {{params.lmeval}} {{params.evalsets}} {{params.meta}} > {{log}} 2>&1"

@@ -1,0 +1,172 @@
+"""Process start-up seconds of the study's jobs, cold (``python -m pvs.<stage>``) vs warm (``python -m pvs.warm``).
+
+    .venv/bin/python benchmarks/startup.py                 # 3 reps of a prune, a training and an evaluation job
+    .venv/bin/python benchmarks/startup.py --reps 5 --work /tmp/pvs-startup
+
+Prepares once, in --work, a study's data (``python -m pvs.data`` on --config, default config.yaml), its
+lm-eval tasks (BLiMP included where the config names a directory), a parent of its shape trained briefly and
+one pruned child; then times real jobs of the three warm-started rules at that study's settings (prune:
+sparsegpt r0.5; train: retrain the child on --train-tokens; evaluate: the parent with every local lm-eval
+task), each through both paths, interleaved (the order alternates per rep), with the thread variables
+Snakemake sets for a 1-thread job. A warm no-op job (``python -m pvs.warm this``) gives the warm path's own
+start-up S_warm (client, connection, fork); a job's in-process work is W = T_warm - S_warm and the cold
+start-up S_cold = T_cold - W (work that neither path avoids, pvs's own imports included, counts as work).
+Medians over the reps. The share of job-seconds is S / T per job, over these jobs, and weighted by the
+default study's job counts (85 train, 24 prune, 109 evaluate; train at the smallest budget, so the share is
+overstated), the warm path paying its servers' cold starts once each.
+Writes ``benchmarks/results/startup.json`` (with library versions and the CPU count).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "workflow"))
+
+from pvs.cli import doc_parser  # noqa: E402
+from pvs.versions import library_versions  # noqa: E402
+
+THREAD_VARS = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+# the default study's (config.yaml) jobs that start warm: train_parent + train_child, prune, evaluate (dry run)
+DEFAULT_STUDY_WARM_JOBS = {"train": 85, "prune": 24, "evaluate": 109}
+
+
+def environment(work: Path) -> dict[str, str]:
+    env = dict(os.environ, PVS_WARM_DIR=str(work / "warm"), PVS_WARM_IDLE="600")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "workflow"), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env.update({name: "1" for name in THREAD_VARS})
+    env.pop("SLURM_JOB_ID", None)
+    return env
+
+
+def run(cmd: list[str], env: dict, log: Path | None = None) -> float:
+    start = time.perf_counter()
+    with open(log or os.devnull, "w") as out:
+        done = subprocess.run(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise SystemExit(f"{' '.join(cmd)} exited with {done.returncode} (log: {log})")
+    return seconds
+
+
+def prepare(work: Path, env: dict, args) -> dict[str, Path]:
+    from pvs.config import load_config, write_resolved_config
+
+    py = [sys.executable, "-m"]
+    config = work / "config.resolved.yaml"
+    cfg = load_config(ROOT / args.config)
+    if not config.exists():
+        write_resolved_config(cfg, str(config))
+    ev = cfg["evaluate"]
+    blimp = (["--blimp-dir", str(ROOT / ev["blimp_dir"]), "--blimp-limit", str(ev["blimp_limit"] or "all"),
+              "--blimp-subtasks", *ev["blimp_subtasks"]] if ev["blimp_dir"] else [])
+    data, tasks, parent, child = work / "data", work / "data/lmeval_tasks", work / "parent", work / "child"
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    steps = [
+        (data / "manifest.json",
+         ["pvs.data", "--config", str(config), "--out", str(data), "--cache", str(work / "dl")]),
+        (tasks, ["pvs.evaluate.tasks", "--data", str(data), "--out", str(tasks),
+                 "--examples", str(ev["local_task_examples"]), "--seed", str(cfg["seed"]), *blimp]),
+        (parent, ["pvs.train", "--arm", "parent", "--tokens", args.parent_tokens, "--data", str(data),
+                  "--out", str(parent), "--ckpt", str(work / "ckpt/parent"), "--config", str(config),
+                  "--threads", "1"]),
+        (child, ["pvs.prune", "--method", "sparsegpt", "--ratio", "0.5", "--model", str(parent),
+                 "--data", str(data), "--out", str(child), "--config", str(config), "--threads", "1"]),
+    ]
+    for target, cmd in steps:
+        if not target.exists():
+            print(f"prepare: {cmd[0]} -> {target}", file=sys.stderr)
+            run(py + cmd, env, logs / f"prepare_{cmd[0]}.log")
+    return {"config": config, "data": data, "tasks": tasks, "parent": parent, "child": child}
+
+
+def jobs(p: dict[str, Path], out: Path, train_tokens: str) -> dict[str, list[str]]:
+    common = ["--data", str(p["data"]), "--config", str(p["config"]), "--threads", "1"]
+    return {
+        "prune": ["pvs.prune", "--method", "sparsegpt", "--ratio", "0.5", "--model", str(p["parent"]),
+                  "--out", str(out / "pruned"), *common],
+        "train": ["pvs.train", "--arm", "retrain", "--tokens", train_tokens, "--init", str(p["child"]), "--out",
+                  str(out / "trained"), "--ckpt", str(out / "ckpt"), *common],
+        "evaluate": ["pvs.evaluate", "--model", str(p["parent"]), "--tasks", str(p["tasks"]), "--out",
+                     str(out / "eval.json"), *common],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = doc_parser("benchmarks/startup.py", __doc__)
+    parser.add_argument("--reps", type=int, default=3, help="timed runs of each job on each path (default: 3)")
+    parser.add_argument("--config", default="config.yaml",
+                        help="study whose settings the jobs use (default: %(default)s)")
+    parser.add_argument("--parent-tokens", default="20k", help="tokens of the prepared parent (default: %(default)s)")
+    parser.add_argument("--train-tokens", default="50k",
+                        help="tokens of the timed retraining job (default: %(default)s, the default study's smallest)")
+    parser.add_argument("--work", default="/tmp/pvs-startup-bench", help="scratch directory (kept for reruns)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/startup.json"), help="results JSON")
+    args = parser.parse_args(argv)
+    work = Path(args.work)
+    env = environment(work)
+    p = prepare(work, env, args)
+    cold_cmd, warm_cmd = [sys.executable, "-m"], [sys.executable, "-m", "pvs.warm"]
+    subprocess.run(warm_cmd + ["--stop"], env=env)
+    server_start = run(warm_cmd + ["this"], env)  # the first warm job starts the server (once per study and key)
+    times: dict[str, dict[str, list[float]]] = {}
+    for rep in range(args.reps):
+        times.setdefault("noop", {}).setdefault("warm", []).append(run(warm_cmd + ["this"], env))
+        times["noop"].setdefault("cold", []).append(run(cold_cmd + ["this"], env))
+        for name in ("prune", "train", "evaluate"):
+            paths = ("cold", "warm") if rep % 2 == 0 else ("warm", "cold")
+            for path in paths:
+                out = work / "runs" / f"{name}_{path}_{rep}"
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir(parents=True)
+                cmd = (cold_cmd if path == "cold" else warm_cmd) + jobs(p, out, args.train_tokens)[name]
+                seconds = run(cmd, env, out / "job.log")
+                times.setdefault(name, {}).setdefault(path, []).append(seconds)
+                print(f"rep {rep} {name:8s} {path}: {seconds:6.2f} s", file=sys.stderr)
+    subprocess.run(warm_cmd + ["--stop"], env=env)
+    med = {name: {path: statistics.median(v) for path, v in paths.items()} for name, paths in times.items()}
+    s_warm = med["noop"]["warm"]
+    per_job = {}
+    for name in ("prune", "train", "evaluate"):
+        work_s = med[name]["warm"] - s_warm
+        s_cold = med[name]["cold"] - work_s
+        per_job[name] = {"total_cold_s": round(med[name]["cold"], 3), "total_warm_s": round(med[name]["warm"], 3),
+                         "work_s": round(work_s, 3), "startup_cold_s": round(s_cold, 3),
+                         "startup_warm_s": round(s_warm, 3), "share_cold": round(s_cold / med[name]["cold"], 4),
+                         "share_warm": round(s_warm / med[name]["warm"], 4)}
+    n = DEFAULT_STUDY_WARM_JOBS
+    study = {}
+    for path in ("cold", "warm"):
+        startup = sum(n[k] * per_job[k][f"startup_{path}_s"] for k in per_job)
+        total = sum(n[k] * per_job[k][f"total_{path}_s"] for k in per_job)
+        if path == "warm":  # each server's first job waits for its imports: two keys (1- and 2-thread jobs)
+            startup, total = startup + 2 * server_start, total + 2 * server_start
+        study[path] = {"startup_s": round(startup, 1), "job_s": round(total, 1), "share": round(startup / total, 4)}
+    these = {path: sum(per_job[k][f"startup_{path}_s"] for k in per_job) / sum(per_job[k][f"total_{path}_s"]
+                                                                           for k in per_job)
+             for path in ("cold", "warm")}
+    result = {"reps": args.reps, "cpu_count": os.cpu_count(), "versions": library_versions(),
+              "threads_env": "1 (as Snakemake sets for a 1-thread job)", "server_start_s": round(server_start, 3),
+              "noop_s": {k: round(v, 3) for k, v in med["noop"].items()}, "jobs": per_job,
+              "share_on_these_jobs": {k: round(v, 4) for k, v in these.items()},
+              "config": args.config, "parent_tokens": args.parent_tokens, "train_tokens": args.train_tokens,
+              "weighted_by_default_study_jobs": {"jobs": n, **study},
+              "raw_s": times}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: result[k] for k in ("server_start_s", "noop_s", "jobs", "share_on_these_jobs",
+                                              "weighted_by_default_study_jobs")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

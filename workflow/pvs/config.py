@@ -133,8 +133,8 @@ def _semantic_errors(cfg: dict) -> list[str]:
                       "tokenizer (data.tokenizer, or parent.source: pretrained)")
     errors += _length_errors(cfg) + _pretrained_errors(cfg)
     splits = cfg["data"]["splits"]
-    if splits["val"] + splits["calib"] + splits["retrain"] >= 0.95:
-        errors.append(f"data.splits = {splits!r}: val + calib + retrain must leave room for the parent's split")
+    if splits["val"] + splits["calib"] + splits["retrain"] + splits["dev"] >= 0.95:
+        errors.append(f"data.splits = {splits!r}: val + calib + retrain + dev must leave room for the parent's split")
     return errors
 
 

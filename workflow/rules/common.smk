@@ -12,6 +12,7 @@ from pvs.prune.registry import record as method_record
 from pvs.study import data_epoch_errors
 from pvs.study import ARMS, FIGURE_PDFS, REPORT_OUTPUTS, SETTINGS, TRAINED_ARMS, Grid, Run, canonical_budget, runs
 from pvs.budget import format_tokens, parse_tokens
+from pvs.data.tokens import SPLITS
 from pvs.resources import estimated_child_params, job_resources, parent_params, prune_size_and_tokens, prune_stage
 from pvs.resources import launcher as pvs_launcher
 

@@ -17,6 +17,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/prune.smk"
+include: "workflow/rules/lr.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
 
@@ -24,5 +25,6 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         rules.report.output,
+        LR_OUTPUTS,
     default_target: True
     localrule: True

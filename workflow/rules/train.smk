@@ -28,6 +28,7 @@ if config["parent"]["source"] == "train":
 
     rule train_parent:
         input:
+            **lr_inputs("parent"),
             manifest=DATA.manifest,
             memory=MEMORY_CHECK,
             splits=SPLIT_FILES,
@@ -36,8 +37,9 @@ if config["parent"]["source"] == "train":
         params:
             tokens=PARENT_TOKENS,
             arch=config["parent"]["arch"],
-            recipe=result_recipe(config["train"]),
+            recipe=SWEEP.recipe(SWEEP_RECIPE, "parent"),
             seed=config["seed"],
+            lr=lr_arg("parent"),
         conda:
             "../../envs/environment.yaml"
         log:
@@ -48,7 +50,7 @@ if config["parent"]["source"] == "train":
             **PARENT_RESOURCES,
         threads: 16  # capped at --cores locally
         shell:
-            f"{launcher('parent')} -m pvs.train --arm parent --tokens {{params.tokens}} --data {R}/data --out {{output}}"
+            f"{launcher('parent')} -m pvs.train --arm parent --tokens {{params.tokens}} {{params.lr}} --data {R}/data --out {{output}}"
             f" --ckpt {R}/ckpt/parent --config {CONFIG} --threads {{threads}} > {{log}} 2>&1"
 
 else:
@@ -91,7 +93,7 @@ rule setting3_budget:
 
 rule train_child:
     input:
-        unpack(child_inputs),
+        unpack(child_train_inputs),
         manifest=DATA.manifest,
         memory=MEMORY_CHECK,
         splits=SPLIT_FILES,
@@ -99,8 +101,9 @@ rule train_child:
         directory(f"{R}/models/{{arm}}/{{method}}/r{{ratio}}/N{{budget}}{{replica}}"),
     params:
         tokens=child_tokens_arg,
-        recipe=result_recipe(config["train"]),
+        recipe=lambda wildcards: SWEEP.recipe(SWEEP_RECIPE, child_key(wildcards)),
         seed=child_seed,
+        lr=lambda wildcards: lr_arg(child_key(wildcards)),
     conda:
         "../../envs/environment.yaml"
     log:
@@ -111,7 +114,7 @@ rule train_child:
         **CHILD_RESOURCES,
     threads: config["threads_per_job"]
     shell:
-        f"{launcher('child')} -m pvs.train --arm {{wildcards.arm}} {{params.tokens}} --seed {{params.seed}} --init {{input.init}}"
+        f"{launcher('child')} -m pvs.train --arm {{wildcards.arm}} {{params.tokens}} {{params.lr}} --seed {{params.seed}} --init {{input.init}}"
         f" --data {R}/data --out {{output}} --config {CONFIG} --threads {{threads}}"
         f" --ckpt {R}/ckpt/{{wildcards.arm}}/{{wildcards.method}}/r{{wildcards.ratio}}/N{{wildcards.budget}}{{wildcards.replica}}"
         f" > {{log}} 2>&1"

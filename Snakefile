@@ -17,7 +17,6 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/prune.smk"
-include: "workflow/rules/lr.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
 

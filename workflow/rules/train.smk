@@ -1,6 +1,150 @@
 # Training, one trainer for every arm (python -m pvs.train): the parent P (pretrained in the DAG, or imported
 # from an HF Llama checkpoint), the setting-3 budgets, and every child arm: retraining P-R_N, scratch S_N,
 # S_{P+N} and S_F (pvs.study.ARMS says what each reads and how it starts).
+#
+# The learning-rate sweep (pvs.sweep: keys, runs, paths): sweep runs of the parent and of the children, each
+# scored on the development split, then one chosen LR per key (python -m pvs.train.lr_choose) and the sweep
+# table. The train rules (train.smk) take a swept key's chosen file as an input (--lr-from) and a fixed LR
+# (train.lr_per_arm) as a param (--lr), so a changed sweep re-runs exactly the jobs of its key.
+from pvs.sweep import CHOSEN_JSON, SWEEP_CSV, SWEEP_MD, Sweep, chosen_path, lr_key
+
+SWEEP = Sweep.from_config(config)
+SWEEP_RECIPE = result_recipe(config["train"])
+SWEEP_PARENT_RESOURCES = _resources("parent", lambda wildcards: (parent_params(config), SWEEP.parent_tokens))
+SWEEP_CHILD_RESOURCES = _resources(
+    "child", lambda wildcards: (estimated_child_params(config, float(wildcards.ratio)), SWEEP.tokens)
+)
+LR_OUTPUTS = [f"{R}/{CHOSEN_JSON}", f"{R}/{SWEEP_MD}", f"{R}/{SWEEP_CSV}"] if SWEEP.active else []
+
+
+def lr_inputs(key):
+    """A train job's inputs for its LR: the chosen file of a swept key, else nothing."""
+    return {"lr": f"{R}/{chosen_path(key)}"} if SWEEP.swept(key) else {}
+
+
+def lr_arg(key):
+    """--lr-from the chosen file (swept), --lr the fixed LR (train.lr_per_arm), or nothing (train.lr)."""
+    source = SWEEP.source(key)
+    if source == "sweep":
+        return f"--lr-from {R}/{chosen_path(key)}"
+    return f"--lr {SWEEP.fixed[key]!r}" if source == "fixed" else ""
+
+
+def child_key(wildcards):
+    return lr_key(wildcards.arm, wildcards.method)
+
+
+def child_train_inputs(wildcards):
+    """train_child's inputs: the pruned child (+ S_F's budget file, child_inputs) and its LR's chosen file."""
+    return {**child_inputs(wildcards), **lr_inputs(child_key(wildcards))}
+
+
+if SWEEP.runs():
+
+    rule lr_sweep_parent:
+        input:
+            manifest=DATA.manifest,
+            memory=MEMORY_CHECK,
+            splits=SPLIT_FILES,
+        output:
+            metrics=f"{R}/lr/sweep/parent/lr{{lr}}.json",
+            model=temp(directory(f"{R}/lr/sweep/parent/lr{{lr}}")),
+        params:
+            tokens=SWEEP.parent_tokens,
+            arch=config["parent"]["arch"],
+            recipe=SWEEP.recipe(SWEEP_RECIPE, "parent"),
+            seed=config["seed"],
+            val_windows=config["evaluate"]["val_windows"],
+        wildcard_constraints:
+            lr="[0-9.e+-]+",
+        conda:
+            "../../envs/environment.yaml"
+        log:
+            f"{R}/logs/lr/sweep/parent/lr{{lr}}.log",
+        benchmark:
+            f"{R}/benchmarks/lr/sweep/parent/lr{{lr}}.tsv"
+        resources:
+            **SWEEP_PARENT_RESOURCES,
+        threads: 16  # capped at --cores locally
+        shell:
+            f"{launcher('parent')} -m pvs.train --arm parent --tokens {{params.tokens}} --lr {{wildcards.lr}}"
+            f" --eval-split dev --eval-out {{output.metrics}} --data {R}/data --out {{output.model}}"
+            f" --ckpt {R}/ckpt/lr/parent/lr{{wildcards.lr}} --config {CONFIG} --threads {{threads}} > {{log}} 2>&1"
+
+    rule lr_sweep_child:
+        input:
+            init=f"{R}/models/pruned/{{method}}/r{{ratio}}",
+            manifest=DATA.manifest,
+            memory=MEMORY_CHECK,
+            splits=SPLIT_FILES,
+        output:
+            metrics=f"{R}/lr/sweep/{{arm}}/{{method}}/r{{ratio}}/lr{{lr}}.json",
+            model=temp(directory(f"{R}/lr/sweep/{{arm}}/{{method}}/r{{ratio}}/lr{{lr}}")),
+        params:
+            tokens=SWEEP.tokens,
+            recipe=lambda wildcards: SWEEP.recipe(SWEEP_RECIPE, child_key(wildcards)),
+            seed=config["seed"],
+            val_windows=config["evaluate"]["val_windows"],
+        wildcard_constraints:
+            arm="retrain|scratch",
+            lr="[0-9.e+-]+",
+        conda:
+            "../../envs/environment.yaml"
+        log:
+            f"{R}/logs/lr/sweep/{{arm}}/{{method}}/r{{ratio}}/lr{{lr}}.log",
+        benchmark:
+            f"{R}/benchmarks/lr/sweep/{{arm}}/{{method}}/r{{ratio}}/lr{{lr}}.tsv"
+        resources:
+            **SWEEP_CHILD_RESOURCES,
+        threads: config["threads_per_job"]
+        shell:
+            f"{launcher('child')} -m pvs.train --arm {{wildcards.arm}} --tokens {{params.tokens}} --lr {{wildcards.lr}}"
+            f" --seed {{params.seed}} --init {{input.init}} --eval-split dev --eval-out {{output.metrics}}"
+            f" --data {R}/data --out {{output.model}} --config {CONFIG} --threads {{threads}}"
+            f" --ckpt {R}/ckpt/lr/{{wildcards.arm}}/{{wildcards.method}}/r{{wildcards.ratio}}/lr{{wildcards.lr}}"
+            f" > {{log}} 2>&1"
+
+    rule lr_choose:
+        input:
+            lambda wildcards: [f"{R}/{run.metrics_path}" for run in SWEEP.runs(wildcards.key)],
+        output:
+            f"{R}/lr/chosen/{{key}}.json",
+        wildcard_constraints:
+            key="|".join(SWEEP.swept_keys).replace(".", r"\."),
+        conda:
+            "../../envs/environment.yaml"
+        log:
+            f"{R}/logs/lr/chosen/{{key}}.log",
+        benchmark:
+            f"{R}/benchmarks/lr/chosen/{{key}}.tsv"
+        localrule: True
+        shell:
+            f"{PY} -m pvs.train.lr_choose pick --key {{wildcards.key}} --metrics {{input}} --out {{output}} > {{log}} 2>&1"
+
+
+if SWEEP.active:
+
+    rule lr_table:
+        input:
+            [f"{R}/{chosen_path(key)}" for key in SWEEP.swept_keys],
+        output:
+            chosen=f"{R}/{CHOSEN_JSON}",
+            md=f"{R}/{SWEEP_MD}",
+            csv=f"{R}/{SWEEP_CSV}",
+        params:
+            lrs={key: SWEEP.lr_param(key) for key in SWEEP.keys},
+            sources={key: SWEEP.source(key) for key in SWEEP.keys},
+        conda:
+            "../../envs/environment.yaml"
+        log:
+            f"{R}/logs/lr/table.log",
+        benchmark:
+            f"{R}/benchmarks/lr/table.tsv"
+        localrule: True
+        shell:
+            f"{PY} -m pvs.train.lr_choose table --config {CONFIG} --chosen {{input}} --out {R} > {{log}} 2>&1"
+
+
 
 if GPU_STUDY:  # every GPU job of the grid must fit its GPUs: checked on the CPU before any is submitted
 

@@ -246,3 +246,11 @@ def _commands(dry_run: str) -> dict[str, str]:
         if output and command:
             jobs[output.group(1)] = command.group(1)
     return jobs
+
+
+def test_the_report_states_each_runs_lr():
+    from pvs.report.build import _peak_lr
+
+    assert _peak_lr({"model_meta": {"train": {"lr": 0.01, "recipe": {"lr": 0.003}}}}) == 0.01
+    assert _peak_lr({"model_meta": {"train": {"recipe": {"lr": 0.003}}}}) == 0.003    # records before the sweep
+    assert _peak_lr({"model_meta": {"prune": {}, "train": None}}) is None               # one-shot child

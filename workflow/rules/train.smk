@@ -5,39 +5,8 @@
 # The learning-rate sweep (pvs.sweep: keys, runs, paths): sweep runs of the parent and of the children, each
 # scored on the development split, then one chosen LR per key (python -m pvs.train.lr_choose) and the sweep
 # table. The train rules (train.smk) take a swept key's chosen file as an input (--lr-from) and a fixed LR
-# (train.lr_per_arm) as a param (--lr), so a changed sweep re-runs exactly the jobs of its key.
-from pvs.sweep import CHOSEN_JSON, SWEEP_CSV, SWEEP_MD, Sweep, chosen_path, lr_key
-
-SWEEP = Sweep.from_config(config)
-SWEEP_RECIPE = result_recipe(config["train"])
-SWEEP_PARENT_RESOURCES = _resources("parent", lambda wildcards: (parent_params(config), SWEEP.parent_tokens))
-SWEEP_CHILD_RESOURCES = _resources(
-    "child", lambda wildcards: (estimated_child_params(config, float(wildcards.ratio)), SWEEP.tokens)
-)
-LR_OUTPUTS = [f"{R}/{CHOSEN_JSON}", f"{R}/{SWEEP_MD}", f"{R}/{SWEEP_CSV}"] if SWEEP.active else []
-
-
-def lr_inputs(key):
-    """A train job's inputs for its LR: the chosen file of a swept key, else nothing."""
-    return {"lr": f"{R}/{chosen_path(key)}"} if SWEEP.swept(key) else {}
-
-
-def lr_arg(key):
-    """--lr-from the chosen file (swept), --lr the fixed LR (train.lr_per_arm), or nothing (train.lr)."""
-    source = SWEEP.source(key)
-    if source == "sweep":
-        return f"--lr-from {R}/{chosen_path(key)}"
-    return f"--lr {SWEEP.fixed[key]!r}" if source == "fixed" else ""
-
-
-def child_key(wildcards):
-    return lr_key(wildcards.arm, wildcards.method)
-
-
-def child_train_inputs(wildcards):
-    """train_child's inputs: the pruned child (+ S_F's budget file, child_inputs) and its LR's chosen file."""
-    return {**child_inputs(wildcards), **lr_inputs(child_key(wildcards))}
-
+# (train.lr_per_arm) as a param (--lr), so a changed sweep re-runs exactly the jobs of its key. Its input
+# functions are in common.smk.
 
 if SWEEP.runs():
 

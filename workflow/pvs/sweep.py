@@ -99,10 +99,15 @@ def chosen_path(key: str) -> str:
     return f"{CHOSEN_DIR}/{key}.json"
 
 
+def _given(cfg: dict) -> dict:
+    """The families train.lr_per_arm fixes (the schema fills null for the others)."""
+    return {family: value for family, value in cfg["train"]["lr_per_arm"].items() if value is not None}
+
+
 def _fixed(cfg: dict) -> dict[str, float]:
     """train.lr_per_arm as {key: lr} over every granularity (a family's number applies to all of them)."""
     fixed = {}
-    for family, value in cfg["train"]["lr_per_arm"].items():
+    for family, value in _given(cfg).items():
         if family == "parent":
             fixed["parent"] = value
         elif isinstance(value, dict):
@@ -247,7 +252,8 @@ def config_errors(cfg: dict) -> list[str]:
     if train["lr_sweep_ratio"] is not None and train["lr_sweep_ratio"] not in cfg["prune"]["ratios"]:
         errors.append(f"train.lr_sweep_ratio = {train['lr_sweep_ratio']!r}: must be one of prune.ratios "
                       f"{cfg['prune']['ratios']}")
-    for family, value in train["lr_per_arm"].items():
+    given = _given(cfg)
+    for family, value in given.items():
         values = value.items() if isinstance(value, dict) and family != "parent" else [(None, value)]
         for group, lr in values:
             where = f"train.lr_per_arm.{family}" + (f".{group}" if group else "")
@@ -256,11 +262,11 @@ def config_errors(cfg: dict) -> list[str]:
             elif isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
                 errors.append(f"{where} = {lr!r}: a learning rate must be a number > 0")
     if cfg["parent"]["source"] != "train":
-        if train["lr_sweep"] and "parent" in train["lr_sweep_arms"] and "parent" not in train["lr_per_arm"]:
+        if train["lr_sweep"] and "parent" in train["lr_sweep_arms"] and "parent" not in given:
             errors.append(f"train.lr_sweep_arms = {train['lr_sweep_arms']!r}: the parent cannot be swept when "
                           f"parent.source is {cfg['parent']['source']!r} (it is imported, not trained); "
                           "leave parent out of train.lr_sweep_arms")
-        if "parent" in train["lr_per_arm"]:
-            errors.append(f"train.lr_per_arm.parent = {train['lr_per_arm']['parent']!r}: the parent is imported "
+        if "parent" in given:
+            errors.append(f"train.lr_per_arm.parent = {given['parent']!r}: the parent is imported "
                           f"(parent.source is {cfg['parent']['source']!r}), it trains with no LR")
     return errors

@@ -24,5 +24,6 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         rules.report.output,
+        LR_OUTPUTS,
     default_target: True
     localrule: True

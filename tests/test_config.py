@@ -141,7 +141,10 @@ def test_run_only_train_keys_are_one_fact_left_out_of_results_and_rule_params():
 
     train = validate_config({})["train"]
     assert set(RUN_ONLY_TRAIN_KEYS) <= set(train)
-    assert set(result_recipe(train)) == set(train) - set(RUN_ONLY_TRAIN_KEYS)
+    from pvs.sweep import SWEEP_TRAIN_KEYS
+
+    # the LR sweep's keys are out too: a job's params carry its own LR instead (pvs.sweep.Sweep.recipe)
+    assert set(result_recipe(train)) == set(train) - set(RUN_ONLY_TRAIN_KEYS) - set(SWEEP_TRAIN_KEYS)
     assert {"lr", "batch_size", "seq_len", "precision", "init_std"} <= set(result_recipe(train))
     changed = validate_config({"train": {"checkpoint_every": 7, "eval_every_tokens": "1k",
                                          "micro_batch_size": 1, "activation_checkpointing": True,
@@ -151,7 +154,9 @@ def test_run_only_train_keys_are_one_fact_left_out_of_results_and_rule_params():
     # only the GPU-memory check depends on the whole section (micro-batch and recomputation change memory)
     training = re.sub(r"rule memory_check:.*?shell:", "", rules, flags=re.S)
     assert not re.search(r'=\s*config\["train"\]\s*,', training)         # no training rule depends on it all
-    assert rules.count('recipe=result_recipe(config["train"])') >= 2     # parent and child training
+    # parent and child training (and the LR sweep's runs): the result recipe, with the key's own LR (pvs.sweep)
+    assert "SWEEP_RECIPE = result_recipe(config[\"train\"])" in rules
+    assert rules.count("SWEEP.recipe(SWEEP_RECIPE, ") >= 4
 
 
 def _error(cfg: dict) -> str:

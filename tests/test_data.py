@@ -326,12 +326,44 @@ def test_existing_tokenizer_is_used_as_is(debian_data, text_files, tmp_path):
 
 def test_assign_splits_fractions_seed_and_grouping():
     docs = [Document("a" if i % 3 else "b", f"document {i}") for i in range(1000)]
-    fractions = {"val": 0.05, "calib": 0.02, "retrain": 0.3}
+    fractions = {"val": 0.05, "calib": 0.02, "retrain": 0.3, "dev": 0.02}
     splits = data_stage.assign_splits(docs, fractions, seed=1, source="local_text")
-    assert {k: len(v) for k, v in splits.items()} == {"pretrain": 630, "retrain": 300, "calib": 20, "val": 50}
+    assert {k: len(v) for k, v in splits.items()} == {"pretrain": 610, "retrain": 300, "calib": 20, "val": 50,
+                                                      "dev": 20}
     val_sources = [d.source for d in splits["val"]]
     assert val_sources == sorted(val_sources, key=["b", "a"].index)  # grouped, in corpus order (doc 0 is b)
     assert splits == data_stage.assign_splits(docs, fractions, seed=1, source="local_text")
     assert splits != data_stage.assign_splits(docs, fractions, seed=2, source="local_text")
     with pytest.raises(CorpusError, match="data.source = 'local_text'"):
         data_stage.assign_splits(docs[:3], fractions, seed=1, source="local_text")
+
+
+def test_dev_split_is_disjoint_from_every_other_split(tmp_path):
+    """The development split (LR sweep) shares no document and no token window with any other split.
+    The corpus is seeded random words (real text repeats passages across documents, e.g. the pydoc topics)."""
+    rng = np.random.default_rng(0)
+    words = ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), size=rng.integers(2, 9))) for _ in range(3000)]
+    paragraphs = [" ".join(rng.choice(words, size=60)) + "." for _ in range(600)]
+    (tmp_path / "words.txt").write_text("\n\n".join(paragraphs))
+    cfg = validate_config({"seed": 5, "data": {"source": "local_text",
+                                               "local_text": {"paths": [str(tmp_path / "words.txt")]},
+                                               "vocab_size": 512, "doc_chars": 800,
+                                               "splits": {"val": 0.05, "calib": 0.03, "retrain": 0.3, "dev": 0.1}}})
+    out = tmp_path / "out"
+    manifest = data_stage.prepare(cfg, out, tmp_path / "cache")
+    assert (out / "dev.bin").exists() and manifest["splits"]["dev"]["documents"] >= 3
+    assert manifest["split_fractions"]["dev"] == 0.1
+    docs = {s: split_documents(out, s) for s in SPLITS}
+    dev = {_sha(d) for d in docs["dev"]}
+    for split in SPLITS:
+        if split != "dev":
+            assert not dev & {_sha(d) for d in docs[split]}, f"a dev document is also in {split}"
+    seq = 64   # long enough that no two distinct documents share one by chance
+    dev_tokens = np.asarray(load_split(out, "dev"))
+    windows = {dev_tokens[i:i + seq].tobytes() for i in range(0, len(dev_tokens) - seq, seq)}
+    for split in SPLITS:
+        if split == "dev":
+            continue
+        tokens = np.asarray(load_split(out, split))
+        other = {tokens[i:i + seq].tobytes() for i in range(len(tokens) - seq + 1)}   # every offset
+        assert not windows & other, f"a dev window of {seq} tokens appears in {split}"

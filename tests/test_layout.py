@@ -14,7 +14,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "workflow" / "pvs"
 STAGES = ("data", "train", "prune", "evaluate", "report")
-SHARED = ("config", "study", "regime", "modeling", "compute", "resources", "budget", "cli", "versions", "lock")
+SHARED = ("config", "study", "sweep", "regime", "modeling", "compute", "resources", "budget", "cli", "versions", "lock")
 # the one part of a stage package the shared layer reads: the methods' facts (pure data, no torch)
 SHARED_MAY_READ = ("pvs.prune.registry", "pvs.prune.shapes")
 # the GPU-memory check runs one step of every job type (train, prune, evaluate): a tool above the stages,
@@ -80,7 +80,8 @@ def test_no_shared_module_imports_a_stage_and_there_are_no_cycles():
 
 
 @pytest.mark.parametrize("cli", ["pvs.data", "pvs.data.shards", "pvs.train", "pvs.train.parent", "pvs.train.budget",
-                                 "pvs.prune", "pvs.evaluate", "pvs.evaluate.tasks", "pvs.evaluate.sets", "pvs.report", "pvs.report.regime",
+                                 "pvs.train.lr_choose", "pvs.prune", "pvs.evaluate", "pvs.evaluate.tasks",
+                                 "pvs.evaluate.sets", "pvs.report", "pvs.report.regime",
                                  "pvs.study", "pvs.config", "pvs.resources", "pvs.lock"])
 def test_every_cli_answers_help_from_any_directory(cli, tmp_path):
     """Only the venv's bin on PATH, no PYTHONPATH, a directory outside the checkout: the installed package."""

@@ -71,6 +71,9 @@ def test_paper_dry_run_lists_the_whole_grid_fast_and_offline(tmp_path):
     assert counts["tokenize_shard"] == cfg["data"]["hf"]["shards"] and counts["prepare_data"] == 1
     assert counts["eval_sets"] == counts["eval_tasks"] == 1            # hub data fetched once, checked once
     assert counts["memory_check"] == 1                                 # every GPU job's memory, proven first
+    # the paper's LR sweep: 5 LRs x (P-R_N, S_N) x 3 granularities at the main budget, one choice per key
+    assert (counts["lr_sweep_child"], counts["lr_choose"], counts["lr_table"]) == (5 * 2 * 3, 6, 1)
+    assert "lr_sweep_parent" not in counts
     assert seconds < 15, seconds      # measured 7-8 s idle on 2 cores (README); 15 s leaves room for a busy CI
 
 

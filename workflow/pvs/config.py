@@ -20,6 +20,7 @@ from pvs.cli import doc_parser
 from pvs.budget import parse_tokens
 from pvs.prune import shapes
 from pvs.prune.registry import METHOD_NAMES, METHODS   # pure data (no method module, no torch)
+from pvs.sweep import SWEEP_TRAIN_KEYS, config_errors as sweep_config_errors
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
@@ -47,8 +48,11 @@ RUN_ONLY_TRAIN_KEYS = ("checkpoint_every", "eval_every_tokens", "micro_batch_siz
 
 
 def result_recipe(train_cfg: dict) -> dict:
-    """The ``train`` settings that decide a run's result: every key but ``RUN_ONLY_TRAIN_KEYS``."""
-    return {key: value for key, value in train_cfg.items() if key not in RUN_ONLY_TRAIN_KEYS}
+    """The ``train`` settings that decide a run's result: every key but ``RUN_ONLY_TRAIN_KEYS`` and the LR
+    sweep's keys (``pvs.sweep.SWEEP_TRAIN_KEYS``: they only decide which LR a run gets, and a job's params and
+    the trainer's signature carry that LR itself)."""
+    return {key: value for key, value in train_cfg.items()
+            if key not in RUN_ONLY_TRAIN_KEYS and key not in SWEEP_TRAIN_KEYS}
 
 
 def load_schema() -> dict:
@@ -139,10 +143,10 @@ def _semantic_errors(cfg: dict) -> list[str]:
             and cfg["parent"]["source"] != "pretrained":
         errors.append(f"data.hf.shards = {cfg['data']['hf']['shards']!r}: sharded tokenization needs an existing "
                       "tokenizer (data.tokenizer, or parent.source: pretrained)")
-    errors += _length_errors(cfg) + _pretrained_errors(cfg)
+    errors += _length_errors(cfg) + _pretrained_errors(cfg) + sweep_config_errors(cfg)
     splits = cfg["data"]["splits"]
-    if splits["val"] + splits["calib"] + splits["retrain"] >= 0.95:
-        errors.append(f"data.splits = {splits!r}: val + calib + retrain must leave room for the parent's split")
+    if splits["val"] + splits["calib"] + splits["retrain"] + splits["dev"] >= 0.95:
+        errors.append(f"data.splits = {splits!r}: val + calib + retrain + dev must leave room for the parent's split")
     return errors
 
 

@@ -21,7 +21,8 @@ scaling ratio; S_{P+N} at the setting-2 ratios; S_F at the setting-3 ratios. Per
 * ``tokens_per_param`` = tokens / non-embedding parameters; ``n_over_p`` = the arm's budget N / P.
 * ``epochs``: reads of the arm's splits (``pvs.study.epochs_read``), from results_dir/data/manifest.json;
   null ("data not prepared") until the data exist with this config's data settings.
-* ``lr``: :func:`arm_lr` (today train.lr for every arm).
+* ``lr``: :func:`arm_lr`: the run's peak LR by its key (``pvs.sweep``): fixed (train.lr_per_arm), chosen by the
+  sweep (results_dir/lr/chosen.json once it exists; 'swept (pending)' before), else train.lr.
 
 The paper's values are DESIGN.md §1; the goal column is issue 12's target for the default study.
 """
@@ -37,6 +38,7 @@ from pvs.config import _local_checkpoint
 from pvs.prune import shapes
 from pvs.prune.registry import display_name, record
 from pvs.study import ARM_ORDER, ARMS, Grid, epochs_read, prepared_split_tokens, runs
+from pvs.sweep import Sweep
 
 DATA_NOT_PREPARED = "data not prepared"
 
@@ -96,10 +98,11 @@ GOAL = (
 
 
 # ---------------------------------------------------------------- the config's parent and arms
-def arm_lr(cfg: dict, arm: str, method: str | None = None, ratio: float | None = None) -> float:
-    """The peak LR a run of ``arm`` trains with. Today one LR for every arm (train.lr); the hook for the
-    per-arm LRs of a later issue (an LR sweep per run family): change this one function."""
-    return cfg["train"]["lr"]
+def arm_lr(cfg: dict, arm: str, method: str | None = None, ratio: float | None = None) -> float | str:
+    """The peak LR a run of ``arm`` trains with (pvs.sweep: one LR per arm family and granularity): fixed by
+    train.lr_per_arm, chosen by the sweep (results_dir/lr/chosen.json; 'swept (pending)' until it exists),
+    else train.lr."""
+    return Sweep.from_config(cfg).lr_of(arm, method)
 
 
 def parent_facts(cfg: dict) -> dict:
@@ -253,7 +256,8 @@ def _arm_cells(row: dict) -> list[str]:
     return [row["label"], display_name(row["method"]) if row["method"] else "–",
             "–" if row["ratio"] is None else f"{row['ratio']:g}", approx_tokens(row["non_embedding_params"]),
             approx_tokens(row["total_params"]), tokens, f"{row['steps']:,}", f"{row['tokens_per_param']:.3g}",
-            "–" if row["n_over_p"] is None else f"{row['n_over_p']:.3g}", epochs, f"{row['lr']:g}"]
+            "–" if row["n_over_p"] is None else f"{row['n_over_p']:.3g}", epochs,
+            row["lr"] if isinstance(row["lr"], str) else f"{row['lr']:g}"]
 
 
 ARM_HEADER = ["arm", "method", "ratio", "non-emb params", "total params", "tokens", "steps", "tokens/param",

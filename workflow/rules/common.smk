@@ -12,8 +12,10 @@ from pvs.prune.registry import record as method_record
 from pvs.study import data_epoch_errors
 from pvs.study import ARMS, FIGURE_PDFS, REPORT_OUTPUTS, SETTINGS, TRAINED_ARMS, Grid, Run, canonical_budget, runs
 from pvs.budget import format_tokens, parse_tokens
+from pvs.data.tokens import SPLITS
 from pvs.resources import estimated_child_params, job_resources, parent_params, prune_size_and_tokens, prune_stage
 from pvs.resources import launcher as pvs_launcher
+from pvs.sweep import CHOSEN_JSON, SWEEP_CSV, SWEEP_MD, Sweep, chosen_path, lr_key
 
 try:
     config = validate_config(config)
@@ -109,6 +111,39 @@ def launcher(stage):
     """python (warm: python -m pvs.warm), torchrun over the job's GPUs, or srun + torchrun per node
     (pvs.resources.launcher)."""
     return pvs_launcher(config, stage, PY, warm=WARM)
+
+
+# ---------------------------------------------------------------- the learning-rate sweep (train.smk, pvs.sweep)
+
+SWEEP = Sweep.from_config(config)
+SWEEP_RECIPE = result_recipe(config["train"])
+SWEEP_PARENT_RESOURCES = _resources("parent", lambda wildcards: (parent_params(config), SWEEP.parent_tokens))
+SWEEP_CHILD_RESOURCES = _resources(
+    "child", lambda wildcards: (estimated_child_params(config, float(wildcards.ratio)), SWEEP.tokens)
+)
+LR_OUTPUTS = [f"{R}/{CHOSEN_JSON}", f"{R}/{SWEEP_MD}", f"{R}/{SWEEP_CSV}"] if SWEEP.active else []
+
+
+def lr_inputs(key):
+    """A train job's inputs for its LR: the chosen file of a swept key, else nothing."""
+    return {"lr": f"{R}/{chosen_path(key)}"} if SWEEP.swept(key) else {}
+
+
+def lr_arg(key):
+    """--lr-from the chosen file (swept), --lr the fixed LR (train.lr_per_arm), or nothing (train.lr)."""
+    source = SWEEP.source(key)
+    if source == "sweep":
+        return f"--lr-from {R}/{chosen_path(key)}"
+    return f"--lr {SWEEP.fixed[key]!r}" if source == "fixed" else ""
+
+
+def child_key(wildcards):
+    return lr_key(wildcards.arm, wildcards.method)
+
+
+def child_train_inputs(wildcards):
+    """train_child's inputs: the pruned child (+ S_F's budget file, child_inputs) and its LR's chosen file."""
+    return {**child_inputs(wildcards), **lr_inputs(child_key(wildcards))}
 
 
 # ---------------------------------------------------------------- evaluation (evaluate.smk)

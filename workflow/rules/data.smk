@@ -1,4 +1,4 @@
-# Corpus -> tokenizer -> four disjoint token splits; and the local lm-eval tasks made from held-out text.
+# Corpus -> tokenizer -> five disjoint token splits (pvs.data.tokens.SPLITS); and the local lm-eval tasks made from held-out text.
 
 
 TOKENIZER = config["data"]["tokenizer"] or (
@@ -10,11 +10,11 @@ DATA_OUTPUTS = dict(
     heldout=f"{R}/data/heldout_docs.jsonl",
     tokenizer=directory(f"{R}/data/tokenizer"),
 )
-# the files holding the splits' tokens: four split files, or (sharded data) the shards, read in place
+# the files holding the splits' tokens: five split files, or (sharded data) the shards, read in place
 SPLIT_FILES = (
     expand(f"{R}/data/shards/{{shard}}.bin", shard=range(SHARDS))
     if SHARDS
-    else expand(f"{R}/data/{{split}}.bin", split=["pretrain", "retrain", "calib", "val"])
+    else expand(f"{R}/data/{{split}}.bin", split=SPLITS)
 )
 
 if not SHARDS:

@@ -1,4 +1,4 @@
-"""The data stage: corpus readers, tokenizer, the four disjoint token splits, and sharded tokenization.
+"""The data stage: corpus readers, tokenizer, the five disjoint token splits, and sharded tokenization.
 
     python -m pvs.data --config CONFIG --out results/data          # prepare (pvs.data.prepare)
     python -m pvs.data.shards tokenize|assemble ...                 # a large HF dataset in shards

@@ -1,4 +1,4 @@
-"""The data stage: corpus -> clean documents -> four disjoint token splits and the tokenizer.
+"""The data stage: corpus -> clean documents -> five disjoint token splits and the tokenizer.
 
     python -m pvs.data --config config.yaml --out results/data [--cache results/downloads] [--tokenizer DIR]
 
@@ -6,7 +6,9 @@
    offline), local text files, or a streamed Hugging Face dataset; cleaned and cut at paragraph breaks
    into documents of about ``data.doc_chars`` characters.
 2. Exact duplicate documents are dropped, the rest shuffled with ``seed`` and assigned by the fractions
-   ``data.splits`` to val, calib and retrain; every other document is the parent's pretrain split.
+   ``data.splits`` to val, calib, retrain and dev, in that order; every other document is the parent's
+   pretrain split. ``dev`` (the development split) is only for choosing learning rates (``pvs.sweep``):
+   no run trains on it and no reported number is measured on it.
 3. A byte-level BPE of ``data.vocab_size`` is trained on the pretrain documents only (or ``--tokenizer``
    names an existing one, for a parent imported with its own vocabulary).
 4. The token files, ``heldout_docs.jsonl`` and ``manifest.json`` are written in the layout documented in
@@ -44,7 +46,7 @@ from pvs.data.tokens import SPLITS
 from pvs.versions import library_versions
 
 log = logging.getLogger("pvs.data")
-HELD_OUT_SPLITS = ("val", "calib", "retrain")  # taken from the shuffled documents in this order
+HELD_OUT_SPLITS = ("val", "calib", "retrain", "dev")  # taken from the shuffled documents in this order
 ROUND_TRIP_PROBES = ["Unicode: naïve café, Ελληνικά, 日本語, emoji 🐳, «quotes» — dash.",
                      "  leading spaces,\ttabs,\n\n\nblank lines and trailing spaces   \n"]
 
@@ -65,13 +67,13 @@ def dedupe(documents: list[Document]) -> tuple[list[Document], int]:
 
 
 def assign_splits(documents: list[Document], fractions: dict, seed: int, source: str) -> dict[str, list[Document]]:
-    """Shuffle with ``seed``; val, calib, retrain get their fraction of documents (at least one each),
+    """Shuffle with ``seed``; val, calib, retrain, dev get their fraction of documents (at least one each),
     pretrain the rest. The val split is grouped by source (sources in corpus order)."""
     n = len(documents)
     counts = {name: max(1, round(fractions[name] * n)) for name in HELD_OUT_SPLITS}
     if n - sum(counts.values()) < 1:
         raise CorpusError(f"data.source = {source!r}: the corpus gave only {n} distinct documents, too few for "
-                          f"four splits with data.splits = {fractions} (add text or lower data.doc_chars)")
+                          f"five splits with data.splits = {fractions} (add text or lower data.doc_chars)")
     order = np.random.default_rng(seed).permutation(n)
     splits, start = {}, 0
     for name in HELD_OUT_SPLITS:

@@ -40,7 +40,7 @@ from pvs.versions import library_versions
 
 log = logging.getLogger("pvs.data.shards")
 BATCH_ROWS = 256
-ORDER = ("val", "calib", "pretrain", "retrain")     # slices of the stream, by token offset
+ORDER = ("val", "calib", "dev", "pretrain", "retrain")     # slices of the stream, by token offset
 
 
 def open_rows(hf: dict, shard: int, shards: int):
@@ -169,7 +169,7 @@ def assemble(cfg: dict, shards_dir: str | Path, tokenizer_dir: str, out: str | P
     os.replace(out / ".heldout_docs.jsonl.tmp", out / "heldout_docs.jsonl")
     tokenizer.save_pretrained(out / "tokenizer")
     manifest = {"study": cfg["study"], "source": "hf", "dtype": dtype, "vocab_size": len(tokenizer), "eos_id": eos,
-                "seed": cfg["seed"], "split_fractions": fractions, "split_by": "token offset (val, calib, pretrain, retrain)",
+                "seed": cfg["seed"], "split_fractions": fractions, "split_by": "token offset (val, calib, dev, pretrain, retrain)",
                 "tokenizer": {"pretrained": tokenizer_dir}, "sources": [{"name": source, "origin": {"hf": data["hf"]}}],
                 "shards": shard_records, "splits": splits, "val_sources": {source: [0, splits["val"]["tokens"]]},
                 "total_tokens": int(len(stream)), "versions": library_versions()}

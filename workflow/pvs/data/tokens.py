@@ -1,4 +1,4 @@
-"""Token files: the four disjoint splits written by ``pvs.data`` and the readers every stage shares.
+"""Token files: the five disjoint splits written by ``pvs.data`` and the readers every stage shares.
 
 Layout of a prepared data directory (``results/data``)::
 
@@ -7,6 +7,7 @@ Layout of a prepared data directory (``results/data``)::
     retrain.bin           retraining split (disjoint from pretrain)
     calib.bin             calibration / mask-learning split
     val.bin               held-out validation split, grouped by source (ranges in manifest "val_sources")
+    dev.bin               development split: only the LR sweep's dev loss reads it (pvs.sweep); disjoint from all
     heldout_docs.jsonl    the validation documents as text ({"source", "text"}), for generated eval tasks
     manifest.json         sources, sha256s, sizes, token counts, hashes
 
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-SPLITS = ("pretrain", "retrain", "calib", "val")
+SPLITS = ("pretrain", "retrain", "calib", "val", "dev")
 
 
 def read_manifest(data_dir: str | os.PathLike) -> dict:

@@ -43,8 +43,12 @@ class MethodRecord:
     shape_rule: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     run_only: tuple[str, ...] = ()
+    lr_group: str | None = None   # granularity class of the LR sweep (pvs.sweep): depth, width or sparse
 
     def __post_init__(self):
+        if self.lr_group is None:   # derived: sparse methods 'sparse', the layer-dropping rule 'depth', else 'width'
+            group = "sparse" if self.sparse else "depth" if self.shape_rule == "minitron_depth" else "width"
+            object.__setattr__(self, "lr_group", group)
         options = {"calib_seq_len": None, **({"shapes": {}} if self.shape_rule else {}), **self.options}
         object.__setattr__(self, "options", MappingProxyType(options))
         unknown = set(self.run_only) - set(options)
@@ -89,6 +93,7 @@ METHOD_NAMES = list(METHODS)
 GRANULARITY_ORDER = [r.name for r in sorted(RECORDS, key=lambda r: r.granularity)]   # coarse -> fine
 SPARSE = {r.name for r in RECORDS if r.sparse}
 TRAINS_PARENT = {r.name for r in RECORDS if r.trains_parent}
+LR_GROUPS = ("depth", "width", "sparse")      # the granularity classes that get one LR each (pvs.sweep)
 
 
 def record(name: str) -> MethodRecord:

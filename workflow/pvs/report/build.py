@@ -85,6 +85,14 @@ def _check_eval(ev, path) -> None:
         raise EvalFormatError(f"{path}: curve must be a list of [tokens, val_loss] pairs")
 
 
+def _peak_lr(ev: dict) -> float | None:
+    """The peak LR the model trained with: the trainer's record (train_meta.json ``lr``, or its recipe's for
+    records written before the LR sweep); None for a model that did not train (one-shot, imported parent)."""
+    train = (ev.get("model_meta") or {}).get("train") or {}
+    lr = train.get("lr", (train.get("recipe") or {}).get("lr"))
+    return None if lr is None else float(lr)
+
+
 def read_eval(path: str | os.PathLike) -> dict:
     """One evaluation JSON as a flat record: identity, parameter counts, every metric, versions."""
     try:
@@ -100,7 +108,7 @@ def read_eval(path: str | os.PathLike) -> dict:
               "label": tables.run_label(model["arm"], budget, train_tokens),
               "method": model.get("method"), "ratio": tables.as_ratio(model.get("ratio")),
               "achieved_ratio": prune.get("achieved_ratio"), "budget": budget,
-              "train_tokens": train_tokens, "seed": model.get("seed"),
+              "train_tokens": train_tokens, "seed": model.get("seed"), "lr": _peak_lr(ev),
               "params_total": params.get("total"), "params_non_embedding": params.get("non_embedding"),
               "params_embedding_and_head": params.get("embedding_and_head")}
     record.update(ev["metrics"])
@@ -176,14 +184,14 @@ def _sort_runs(df: pd.DataFrame) -> pd.DataFrame:
 
 def summary_frame(records: list[dict]) -> pd.DataFrame:
     """Every evaluated model as one row, sorted; a repeated model (same run and seed) keeps the last file."""
-    base = ["study", "arm", "label", "method", "ratio", "achieved_ratio", "budget", "train_tokens", "seed",
+    base = ["study", "arm", "label", "method", "ratio", "achieved_ratio", "budget", "train_tokens", "seed", "lr",
             "params_total", "params_non_embedding", "params_embedding_and_head"]
     tail = COMPUTE + ["seconds", "torch_version", "transformers_version", "model_path", "eval_file"]
     columns = base + _metric_columns(records) + tail
     df = pd.DataFrame.from_records(records, columns=columns)
     for col in INT_COLUMNS:
         df[col] = df[col].astype("Int64")
-    for col in ("ratio", "achieved_ratio", LOSS, ACC):
+    for col in ("ratio", "achieved_ratio", "lr", LOSS, ACC):
         df[col] = df[col].astype("float64")
     dup = df.duplicated(["study"] + RUN_KEYS + ["seed"], keep="last")
     for row in df[dup].itertuples():

@@ -1,8 +1,8 @@
 """The paper's main table: one row per method and ratio; column groups S_N, P-R_N, S_{P+N} (and S_F).
 
 Each group gives every metric of its run at the main budget N — validation loss and perplexity, per-source
-perplexity, every lm-eval task and their average — and the run's compute: training FLOPs, and the tokens
-and FLOPs of its whole pipeline (pvs.compute states the convention). S_{P+N} and S_F exist only at the
+perplexity, every lm-eval task and their average — the run's compute: training FLOPs, and the tokens
+and FLOPs of its whole pipeline (pvs.compute states the convention) — and its peak LR (pvs.sweep). S_{P+N} and S_F exist only at the
 ratios of settings 2 and 3. Written as CSV (raw numbers, accuracies as fractions, ``<group>:<field>``
 columns plus ``:std`` and ``:n``), Markdown and LaTeX (booktabs; accuracies in %, mean ± std when a run
 has several seeds).
@@ -28,7 +28,8 @@ def fields(runs: pd.DataFrame) -> list[str]:
     metrics = [c for c in runs.columns if (c in (LOSS, ACC, "val_ppl") or c.startswith(("ppl/", "lmeval/")))
                and not c.endswith("_std")]
     rank = lambda c: (FIELD_ORDER.get(c, 2 if c.startswith("ppl/") else (4 if c == ACC else 3)), c)  # noqa: E731
-    return sorted(metrics, key=rank) + [c for c in COMPUTE if c in runs.columns and c != "flops_params"]
+    return (sorted(metrics, key=rank) + [c for c in COMPUTE if c in runs.columns and c != "flops_params"]
+            + (["lr"] if "lr" in runs.columns else []))     # the run's peak LR (pvs.sweep)
 
 
 def groups(grid: Grid) -> list[tuple[str, str, str, tuple[float, ...]]]:
@@ -62,6 +63,8 @@ def _label(field: str) -> str:
         return "ppl"
     if field == ACC:
         return "avg acc"
+    if field == "lr":
+        return "LR"
     return field.split("/", 1)[-1].replace("train_flops", "train FLOPs").replace(
         "pipeline_tokens", "pipeline tokens").replace("pipeline_flops", "pipeline FLOPs")
 
@@ -75,6 +78,8 @@ def _format(field: str, value, std) -> str:
         text, sd = f"{value:.3f}", None if pd.isna(std) else f"{std:.3f}"
     elif field.endswith("flops"):
         return f"{value:.2e}"
+    elif field == "lr":
+        return f"{value:g}"
     elif field.endswith("tokens"):
         return format_tokens(int(round(value)))
     else:

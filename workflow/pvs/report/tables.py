@@ -59,7 +59,7 @@ def mean_over_seeds(summary: pd.DataFrame) -> pd.DataFrame:
                         train_tokens=summary.train_tokens.astype("float64"))
     keys = [k for k in RUN_KEYS if k != "train_tokens"]
     groups = df.groupby(keys, dropna=False, sort=False)
-    values = metric_columns(df) + ["achieved_ratio", "train_tokens"]
+    values = metric_columns(df) + ["achieved_ratio", "train_tokens"] + (["lr"] if "lr" in df.columns else [])
     means = groups[values].mean()
     stds = groups[metric_columns(df)].std().add_suffix("_std")
     return pd.concat([means, stds], axis=1).assign(n=groups.size()).reset_index()

@@ -20,6 +20,11 @@ their masks after every optimizer step. Under torchrun the model is built on the
 initialized or loaded (rank 0 reads, broadcasts); no rank holds a full copy. ``--ckpt`` holds
 resumable checkpoints (model, optimizer, RNG, step, data position); re-running the same command
 resumes from the latest one and reaches the same final weights as an uninterrupted run.
+
+LR: ``--lr 0.01`` or ``--lr-from results/lr/chosen/retrain.width.json`` (a chosen file of
+``python -m pvs.train.lr_choose``) replaces train.lr as the peak LR; train_meta.json states the LR used
+(``lr``, ``lr_from``). ``--eval-split dev --eval-out FILE.json`` (the LR sweep, pvs.sweep) also scores the final
+model on evaluate.val_windows windows of the development split and writes that dev loss, with the LR, to FILE.
 """
 from __future__ import annotations
 
@@ -63,6 +68,20 @@ def run_tokens(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.tokens_from}: needs a positive integer 'tokens'")
         return record["tokens"]
     return parse_tokens(args.tokens)
+
+
+def peak_lr(args: argparse.Namespace, cfg: dict) -> tuple[float, str]:
+    """The run's peak LR and where it comes from: --lr, the 'lr' of the --lr-from JSON, else train.lr."""
+    if getattr(args, "lr", None) is not None:
+        lr, source = args.lr, "--lr"
+    elif getattr(args, "lr_from", None):
+        record = json.loads(Path(args.lr_from).read_text())
+        lr, source = record.get("lr"), str(args.lr_from)
+    else:
+        return cfg["train"]["lr"], "train.lr"
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ValueError(f"{source}: the peak LR must be a number > 0, got {lr!r}")
+    return float(lr), source
 
 
 def lr_at(step: int, total_steps: int, recipe: dict) -> float:
@@ -262,6 +281,8 @@ def _resume_state(ckpt_dir: Path, signature: dict, ctx) -> dict | None:
 
 def _train(args: argparse.Namespace, cfg: dict, ctx: distributed.Dist) -> dict:
     arm = ARMS[args.arm]
+    lr, lr_source = peak_lr(args, cfg)
+    cfg = {**cfg, "train": {**cfg["train"], "lr": lr}}       # the signature and every step see this LR
     recipe = cfg["train"]
     seed = cfg["seed"] if args.seed is None else args.seed
     torch.set_num_threads(args.threads or cfg["threads_per_job"])
@@ -283,6 +304,7 @@ def _train(args: argparse.Namespace, cfg: dict, ctx: distributed.Dist) -> dict:
         raise ValueError(f"{Path(args.data) / 'manifest.json'}: "
                          + epoch_message(args.arm, tokens, arm, split_tokens, epochs, recipe["max_epochs"]))
     eval_every = parse_tokens(recipe["eval_every_tokens"])
+    _say(ctx, f"[train] peak LR {lr:g} ({lr_source})")
     _say(ctx, f"[train] arm={args.arm} budget={format_tokens(tokens)} tokens = {steps} steps x {batch_size} x "
               f"{seq_len} (warm-up {math.ceil(recipe['warmup_frac'] * steps)} steps; {ctx.world} process(es) x "
               f"{local // micro} micro-batch(es) of {micro}); data={'+'.join(arm.splits)} "
@@ -349,14 +371,21 @@ def _train(args: argparse.Namespace, cfg: dict, ctx: distributed.Dist) -> dict:
             final = LlamaForCausalLM(model.config)
         final.load_state_dict(full, assign=True)
         rebuild_rotary_(final, "cpu")
-    meta = finish(args, cfg, final, dense_masks, log, ckpt_dir, signature, seconds, start_step, ctx.world)
+    eval_split = None
+    if args.eval_split:   # the LR sweep: the final model's loss on the development split (rank 0, one process)
+        windows = torch.from_numpy(spread_windows(load_split(args.data, args.eval_split), seq_len,
+                                                  cfg["evaluate"]["val_windows"])).to(device)
+        eval_split = {"split": args.eval_split, "windows": len(windows),
+                      "loss": validation_loss(final.to(device), windows, micro, autocast)}
+    meta = finish(args, cfg, final, dense_masks, log, ckpt_dir, signature, seconds, start_step, ctx.world,
+                  lr_source, eval_split)
     if ctx.sharded:
         torch.distributed.barrier()
     return meta
 
 
 def finish(args, cfg, model, masks, log: MetricsLog, ckpt_dir: Path, signature: dict, seconds: float,
-           start_step: int, processes: int) -> dict:
+           start_step: int, processes: int, lr_source: str = "train.lr", eval_split: dict | None = None) -> dict:
     """Write the trained model, its metrics and train_meta.json into --out; drop the checkpoint."""
     out = Path(args.out)
     records = [json.loads(line) for line in log.path.read_text().splitlines()]
@@ -370,8 +399,19 @@ def finish(args, cfg, model, masks, log: MetricsLog, ckpt_dir: Path, signature: 
             "tokens_seen": records[-1]["tokens"], "final_train_loss": sum(tail) / len(tail),
             "final_val_loss": next(r["val_loss"] for r in reversed(records) if "val_loss" in r),
             "params": count_params(model, masks), "seconds_this_run": seconds, "resumed_from_step": start_step,
-            "processes": processes, "versions": library_versions(), "study": cfg["study"]}
+            "processes": processes, "versions": library_versions(), "study": cfg["study"],
+            "lr": cfg["train"]["lr"], "lr_from": lr_source}
+    if eval_split:
+        meta[f"final_{eval_split['split']}_loss"] = eval_split["loss"]
+        meta["eval_split"] = eval_split
     write_json(out / "train_meta.json", meta)
+    if eval_split and args.eval_out:
+        write_json(Path(args.eval_out), {
+            "arm": args.arm, "lr": meta["lr"], "lr_from": lr_source, "tokens": signature["tokens"],
+            "steps": signature["steps"], "seed": signature["seed"], "init": args.init,
+            "eval_split": eval_split["split"], "eval_windows": eval_split["windows"],
+            f"{eval_split['split']}_loss": eval_split["loss"], "final_val_loss": meta["final_val_loss"],
+            "final_train_loss": meta["final_train_loss"], "model": str(out), "study": cfg["study"]})
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     print(f"[train] done: {meta['tokens_seen']} tokens, final train loss {meta['final_train_loss']:.4f}, "
           f"val loss {meta['final_val_loss']:.4f}, {seconds:.0f}s", file=sys.stderr)
@@ -394,6 +434,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help="override the config's seed")
     parser.add_argument("--threads", type=int, help="torch threads (default: threads_per_job)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the config's device")
+    lr = parser.add_mutually_exclusive_group()
+    lr.add_argument("--lr", type=float, help="peak LR of this run, replacing train.lr")
+    lr.add_argument("--lr-from", metavar="JSON",
+                    help="read the peak LR from the 'lr' of this JSON (a chosen file: python -m pvs.train.lr_choose)")
+    parser.add_argument("--eval-split", choices=["dev"],
+                        help="also score the final model on this split (evaluate.val_windows windows): the LR sweep's "
+                             "dev loss, in train_meta.json and --eval-out")
+    parser.add_argument("--eval-out", metavar="JSON", help="with --eval-split: write its loss, the LR and the budget here")
     parser.add_argument("--stop-after-steps", type=int, help="checkpoint and exit after this many steps (to test resume)")
     return parser.parse_args(argv)
 

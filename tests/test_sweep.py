@@ -119,6 +119,22 @@ def test_lowest_dev_loss_wins_ties_go_to_the_smaller_lr(tmp_path):
     csv = (tmp_path / "lr" / "sweep.csv").read_text().splitlines()
     assert csv[0] == "key,lr,dev_loss,chosen" and "retrain.width,0.001,4.2,True" in csv
     assert "**4.2000**" in (tmp_path / "lr" / "sweep.md").read_text()
+    assert chosen["at_edge"] is None and table["retrain.width"]["at_edge"] is None    # 0.001: inside the sweep
+
+
+def test_a_choice_at_the_edge_of_the_sweep_is_flagged(tmp_path, capsys):
+    assert lr_choose.sweep_edge(0.001, [0.001, 0.003, 0.01]) == "lowest"
+    assert lr_choose.sweep_edge(0.01, [0.001, 0.003, 0.01]) == "highest"
+    assert lr_choose.sweep_edge(0.003, [0.001, 0.003, 0.01]) is None
+    assert lr_choose.sweep_edge(0.01, [0.003, 0.01]) is None                    # two LRs: no inside to speak of
+    paths = []
+    for lr, loss in [(0.003, 4.8), (0.006, 4.6), (0.012, 4.55), (0.024, 4.5)]:
+        paths.append(tmp_path / f"lr{lr}.json")
+        paths[-1].write_text(json.dumps({"lr": lr, "dev_loss": loss}))
+    out = tmp_path / "scratch.sparse.json"
+    assert lr_choose.main(["pick", "--key", "scratch.sparse", "--metrics", *map(str, paths), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["at_edge"] == "highest"
+    assert "scratch.sparse chose the highest swept LR" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- a real tiny sweep through the trainer CLI

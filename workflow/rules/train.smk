@@ -34,7 +34,7 @@ if SWEEP.runs():
             f"{R}/benchmarks/lr/sweep/parent/lr{{lr}}.tsv"
         resources:
             **SWEEP_PARENT_RESOURCES,
-        threads: 16  # capped at --cores locally
+        threads: 16 if GPU_STUDY else config["threads_per_job"]  # on CPUs the sweep's runs fill the cores side by side
         shell:
             f"{launcher('parent')} -m pvs.train --arm parent --tokens {{params.tokens}} --lr {{wildcards.lr}}"
             f" --eval-split dev --eval-out {{output.metrics}} --data {R}/data --out {{output.model}}"

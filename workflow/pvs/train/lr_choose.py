@@ -7,7 +7,9 @@
 ``pick`` reads the sweep runs' metrics (``python -m pvs.train --eval-split dev --eval-out``) of one key and
 writes its chosen file: ``{"key", "lr", "source": "sweep", "dev_loss", "losses": {lr: dev loss}, "runs"}``.
 The lowest dev loss wins; ties (and non-finite losses, which lose) go to the smaller LR, so the choice is
-deterministic. ``table`` writes ``lr/chosen.json`` (every key of the study: lr, source sweep | fixed |
+deterministic. A choice at the smallest or largest swept LR is marked ``"at_edge": "lowest" | "highest"``
+(the best LR may lie outside the sweep: widen ``train.lr_sweep``), warned on stderr and flagged in the table.
+``table`` writes ``lr/chosen.json`` (every key of the study: lr, source sweep | fixed |
 train.lr, the losses per LR), ``lr/sweep.csv`` and ``lr/sweep.md`` (dev loss against LR per key).
 """
 from __future__ import annotations
@@ -23,11 +25,19 @@ from pvs.modeling import write_json
 from pvs.sweep import CHOSEN_JSON, SWEEP_CSV, SWEEP_MD, Sweep, format_lr, pick
 
 
+def sweep_edge(lr: float, lrs: list[float]) -> str | None:
+    """'lowest' / 'highest' when ``lr`` is the smallest / largest of three or more swept LRs, else None."""
+    if len(lrs) < 3:
+        return None
+    return "lowest" if lr == min(lrs) else "highest" if lr == max(lrs) else None
+
+
 def choose(key: str, metrics: list[dict], paths: list[str] | None = None) -> dict:
     """The chosen file of ``key`` from its sweep runs' metrics."""
     best = pick(metrics)
     runs = sorted(zip(metrics, paths or [None] * len(metrics)), key=lambda mp: mp[0]["lr"])
     return {"key": key, "lr": best["lr"], "source": "sweep", "dev_loss": best["dev_loss"],
+            "at_edge": sweep_edge(best["lr"], [m["lr"] for m in metrics]),
             "losses": {format_lr(m["lr"]): m["dev_loss"] for m, _ in runs},
             "tokens": best.get("tokens"), "arm": best.get("arm"), "init": best.get("init"),
             "rule": "lowest dev loss; ties -> the smaller LR",
@@ -49,7 +59,7 @@ def table(cfg: dict, chosen_files: list[str]) -> dict:
                 raise ValueError(f"key {key} is swept but no chosen file for it was given (--chosen)")
             record = chosen[key]
             keys[key] = {"lr": record["lr"], "source": "sweep", "dev_loss": record["dev_loss"],
-                         "losses": record["losses"], "tokens": record.get("tokens"), "init": record.get("init")}
+                         "at_edge": record.get("at_edge"), "losses": record["losses"], "tokens": record.get("tokens"), "init": record.get("init")}
         else:
             keys[key] = {"lr": sweep.lr_param(key), "source": source, "losses": {}}
     return {"study": cfg["study"], "lr_sweep": list(sweep.lrs), "rule": "lowest dev loss; ties -> the smaller LR",
@@ -71,6 +81,7 @@ def write_table(content: dict, out: Path) -> None:
         writer.writerows(rows)
     lines = ["# Learning-rate sweep: final dev loss against peak LR", "",
              "Lowest dev loss per key in **bold** (ties: the smaller LR); keys not swept show their LR's source.",
+             "A † marks a choice at the edge of the sweep: the best LR may lie beyond it (widen train.lr_sweep).",
              "", "| key | source | LR | " + " | ".join(f"lr {lr}" for lr in lrs) + " |",
              "|---|---|---|" + "---|" * len(lrs)]
     for key, entry in content["keys"].items():
@@ -79,7 +90,8 @@ def write_table(content: dict, out: Path) -> None:
             loss = entry["losses"].get(lr)
             text = "–" if loss is None else f"{loss:.4f}"
             cells.append(f"**{text}**" if loss is not None and float(lr) == float(entry["lr"]) else text)
-        lines.append(f"| {key} | {entry['source']} | {format_lr(entry['lr'])} | " + " | ".join(cells) + " |")
+        edge = " †" if entry.get("at_edge") else ""
+        lines.append(f"| {key} | {entry['source']} | {format_lr(entry['lr'])}{edge} | " + " | ".join(cells) + " |")
     (out / SWEEP_MD).write_text("\n".join(lines) + "\n")
 
 
@@ -88,6 +100,9 @@ def _pick(args) -> int:
     record = choose(args.key, metrics, list(args.metrics))
     write_json(Path(args.out), record)
     print(f"[lr_choose] {args.key}: lr {format_lr(record['lr'])} (dev loss {record['dev_loss']:.4f})", file=sys.stderr)
+    if record["at_edge"]:
+        print(f"[lr_choose] warning: {args.key} chose the {record['at_edge']} swept LR; the best LR may lie outside "
+              "train.lr_sweep (widen it)", file=sys.stderr)
     return 0
 
 

@@ -21,8 +21,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = {"toy_a": "12k", "toy_b": "24k", "toy_c": "48k"}          # parent.tokens; main = P/4
-# configs/regime/<name>.yaml: the parent's tokens per non-embedding parameter (492,800 of them)
-REGIMES = {"tpp0.4": 0.406, "tpp5": 5.07, "tpp20": 20.3}
+# configs/regime/<name>.yaml: the parent's tokens per non-embedding parameter (346,560 of them: config.yaml's arch)
+REGIMES = {"tpp0.4": 0.404, "tpp5": 5.19, "tpp20": 20.2}
 
 
 def toy_configs(directory: Path) -> Path:
@@ -35,7 +35,7 @@ def toy_configs(directory: Path) -> Path:
         cfg["prune"].update(methods=["minitron_depth"], ratios=[0.5])
         cfg["budgets"] = {"main": main, "scaling": [main], "scaling_ratio": 0.5, "setting2_ratios": [0.5],
                           "setting3_ratios": []}
-        cfg["train"].update(eval_every_tokens="4k")
+        cfg["train"].update(eval_every_tokens="4k", lr_sweep=[])      # the sweep has its own tests (test_sweep.py)
         cfg["evaluate"].update(lmeval=False, blimp_dir=None, val_windows=16)
         (directory / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
     return directory
@@ -56,7 +56,7 @@ def test_regime_configs_sit_at_their_tokens_per_parameter(name):
     reg = json.loads(out.stdout)
     assert math.isclose(reg["parent_tokens_per_param"], REGIMES[name], rel_tol=0.01)
     assert math.isclose(reg["n_over_p"], 0.25)
-    assert reg["arms"][0]["non_embedding_params"] == 492_800
+    assert reg["arms"][0]["non_embedding_params"] == 346_560
     cfg = yaml.safe_load((ROOT / "configs" / "regime" / f"{name}.yaml").read_text())
     assert cfg["results_dir"] == f"results/regime/{name}"                 # where `make regime` reads it
 

@@ -7,7 +7,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# config.yaml is the default study; a study given with --configfile replaces it (omitted keys take the schema's
+# defaults, workflow/schemas/config.schema.yaml), so no key of the default study leaks into another study.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 report: "workflow/report/workflow.rst"

@@ -33,6 +33,7 @@ def write_study(root: Path, name: str) -> Path:
     cfg.update(study=f"syn_{name}", results_dir=str(directory))
     cfg["parent"]["tokens"] = P
     cfg["prune"].update(methods=list(METHODS), ratios=[0.5])
+    cfg["train"]["lr_sweep"] = []                                     # synthetic results: no sweep runs
     cfg["budgets"] = {"main": P // 4, "scaling": [P // 4], "scaling_ratio": 0.5, "setting2_ratios": [0.5],
                       "setting3_ratios": []}
     (directory / "config.resolved.yaml").write_text(yaml.safe_dump(cfg))

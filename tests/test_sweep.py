@@ -72,7 +72,7 @@ def test_regime_shows_each_runs_lr(tmp_path):
     ({"lr_sweep": [0.01], "lr_sweep_arms": ["parent", "teacher"]}, r"train\.lr_sweep_arms\[1\] = 'teacher'"),
     ({"lr_sweep": [0.01], "lr_sweep_methods": ["sheared_llama"]}, r"train\.lr_sweep_methods\[0\] = 'sheared_llama': not in prune\.methods"),
     ({"lr_sweep": [0.01], "lr_sweep_methods": ["flap", "minitron_width"]}, r"train\.lr_sweep_methods\[1\].*granularity 'width'"),
-    ({"lr_sweep_ratio": 0.6}, r"train\.lr_sweep_ratio = 0\.6: must be one of prune\.ratios"),
+    ({"lr_sweep": [0.01], "lr_sweep_ratio": 0.6}, r"train\.lr_sweep_ratio = 0\.6: must be one of prune\.ratios"),
     ({"lr_sweep_tokens": "12x"}, r"train\.lr_sweep_tokens = '12x'"),
     ({"lr_per_arm": {"retrain": -0.1}}, r"train\.lr_per_arm\.retrain = -0\.1: a learning rate must be a number > 0"),
     ({"lr_per_arm": {"scratch": {"depth": 0.01, "heads": 0.1}}}, r"train\.lr_per_arm\.scratch\.heads: unknown granularity 'heads'"),

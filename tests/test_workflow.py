@@ -48,6 +48,8 @@ def smoke_config(path: Path, prune: dict | None = None, top: dict | None = None,
     cfg["evaluate"]["blimp_dir"] = str(BLIMP) if BLIMP.is_dir() else None
     cfg["budgets"].update(budgets)
     cfg["prune"].update(prune or {})
+    if prune and "methods" in prune:   # the smoke sweep's child methods that this grid still has (none: no child sweep)
+        cfg["train"]["lr_sweep_methods"] = [m for m in cfg["train"]["lr_sweep_methods"] if m in prune["methods"]]
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -187,10 +189,14 @@ def test_flap_bias_compensation_beats_none_on_the_smoke_parent(smoke_run):
     results = smoke_run[0] / "results"
     calib = calibration_windows(results / "data", 16, 128, seed=0)
     val = torch.from_numpy(spread_windows(load_split(results / "data", "val"), 128, 32))
+    parent_loss = lm_loss(load_model(results / "models" / "parent"), val)
     for ratio in (0.5, 0.7):
         losses = {comp: lm_loss(flap.prune(load_model(results / "models" / "parent"), calib, ratio,
                                            {"bias_compensation": comp, "seed": 0}).model, val)
                   for comp in (True, False)}
+        if losses[False] - parent_loss < 0.1:    # a parent with nothing to lose cannot show the ordering
+            pytest.skip(f"the smoke parent loses only {losses[False] - parent_loss:.3f} nats to FLAP at r = {ratio} "
+                        f"({parent_loss:.3f} -> {losses[False]:.3f}): too little trained to test compensation")
         assert losses[True] < losses[False] - 0.01, (ratio, losses)
 
 

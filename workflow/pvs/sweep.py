@@ -239,7 +239,7 @@ def config_errors(cfg: dict) -> list[str]:
                     errors.append(f"train.{key} = {train[key]!r}: must be a positive token count")
             except ValueError as e:
                 errors.append(f"train.{key} = {train[key]!r}: {e}")
-    if train["lr_sweep_methods"] is not None:
+    if train["lr_sweep_methods"] is not None and train["lr_sweep"]:    # they only matter when the sweep runs
         seen = {}
         for i, method in enumerate(train["lr_sweep_methods"]):
             if method not in methods:
@@ -249,7 +249,7 @@ def config_errors(cfg: dict) -> list[str]:
                               f"swept with {seen[lr_group(method)]!r} (one sweep method per granularity)")
             else:
                 seen[lr_group(method)] = method
-    if train["lr_sweep_ratio"] is not None and train["lr_sweep_ratio"] not in cfg["prune"]["ratios"]:
+    if train["lr_sweep"] and train["lr_sweep_ratio"] is not None and train["lr_sweep_ratio"] not in cfg["prune"]["ratios"]:
         errors.append(f"train.lr_sweep_ratio = {train['lr_sweep_ratio']!r}: must be one of prune.ratios "
                       f"{cfg['prune']['ratios']}")
     given = _given(cfg)

@@ -35,7 +35,7 @@ from pathlib import Path
 import pandas as pd
 
 from pvs import regime as regime_table
-from pvs.cli import doc_parser
+from pvs.cli import doc_parser, guarded
 from pvs.config import ConfigError, load_config
 from pvs.prune.registry import display_name
 from pvs.report.build import atomic_write_text, write_csv
@@ -279,14 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("pvs").setLevel(logging.INFO)
-    try:
-        paths = build(args.studies, args.out, args.ratio, args.dpi)
-    except (ConfigError, RegimeReportError, regime_table.RegimeError) as e:
-        print(f"python -m pvs.report.regime: error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-    for path in paths.values():
-        print(path)
-    return 0
+
+    def run() -> None:
+        for path in build(args.studies, args.out, args.ratio, args.dpi).values():
+            print(path)
+
+    return guarded("python -m pvs.report.regime", (ConfigError, RegimeReportError, regime_table.RegimeError), run)
 
 
 if __name__ == "__main__":

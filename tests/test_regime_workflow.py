@@ -21,8 +21,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = {"toy_a": "12k", "toy_b": "24k", "toy_c": "48k"}          # parent.tokens; main = P/4
-# configs/regime/<name>.yaml: the parent's tokens per non-embedding parameter (346,560 of them: config.yaml's arch)
-REGIMES = {"tpp0.4": 0.404, "tpp5": 5.19, "tpp20": 20.2}
+# configs/regime/<name>.yaml: the parent's tokens per non-embedding parameter (154,240 of them: config.yaml's arch)
+REGIMES = {"tpp0.4": 0.402, "tpp5": 5.03, "tpp20": 20.1}
 
 
 def toy_configs(directory: Path) -> Path:
@@ -56,7 +56,7 @@ def test_regime_configs_sit_at_their_tokens_per_parameter(name):
     reg = json.loads(out.stdout)
     assert math.isclose(reg["parent_tokens_per_param"], REGIMES[name], rel_tol=0.01)
     assert math.isclose(reg["n_over_p"], 0.25)
-    assert reg["arms"][0]["non_embedding_params"] == 346_560
+    assert reg["arms"][0]["non_embedding_params"] == 154_240
     cfg = yaml.safe_load((ROOT / "configs" / "regime" / f"{name}.yaml").read_text())
     assert cfg["results_dir"] == f"results/regime/{name}"                 # where `make regime` reads it
 

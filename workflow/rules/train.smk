@@ -35,6 +35,7 @@ if SWEEP.runs():
         resources:
             **SWEEP_PARENT_RESOURCES,
         threads: 16 if GPU_STUDY else config["threads_per_job"]  # on CPUs the sweep's runs fill the cores side by side
+        priority: 10  # every later run of its key waits for the whole sweep: schedule it before them
         shell:
             f"{launcher('parent')} -m pvs.train --arm parent --tokens {{params.tokens}} --lr {{wildcards.lr}}"
             f" --eval-split dev --eval-out {{output.metrics}} --data {R}/data --out {{output.model}}"
@@ -66,6 +67,7 @@ if SWEEP.runs():
         resources:
             **SWEEP_CHILD_RESOURCES,
         threads: config["threads_per_job"]
+        priority: 10  # every later run of its key waits for the whole sweep: schedule it before them
         shell:
             f"{launcher('child')} -m pvs.train --arm {{wildcards.arm}} --tokens {{params.tokens}} --lr {{wildcards.lr}}"
             f" --seed {{params.seed}} --init {{input.init}} --eval-split dev --eval-out {{output.metrics}}"

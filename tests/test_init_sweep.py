@@ -16,6 +16,7 @@ TOY = {"parent": {"tokens": "2k", "arch": {"hidden_size": 32, "intermediate_size
                                               "num_attention_heads": 4, "num_key_value_heads": 2,
                                               "max_position_embeddings": 64}},
        "threads_per_job": 1, "evaluate": {"val_windows": 4},
+       "prune": {"methods": ["sparsegpt"], "ratios": [0.5], "calib_seq_len": 32},
        "train": {"seq_len": 32, "batch_size": 4, "lr": 0.003, "eval_every_tokens": 512, "eval_windows": 4}}
 
 

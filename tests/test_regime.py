@@ -37,8 +37,8 @@ def _layer(h, inter, heads, kv, hd):
 # the numbers of config.yaml and configs/smoke.yaml, written out by hand: arch (hidden, MLP, layers, heads,
 # kv heads), vocab, P, main N, smallest and largest scaling budget, batch x seq, ratios, methods, setting-2 methods
 HAND = {
-    "config.yaml": dict(arch=(32, 128, 10, 4, 2), vocab=512, P=1_860_000, N=465_000, smallest=93_000,
-                        largest=2_325_000, per_step=12 * 128, ratios=(0.5, 0.6, 0.7, 0.8), methods=6, setting2=4),
+    "config.yaml": dict(arch=(32, 128, 10, 4, 2), vocab=512, P=1_550_000, N=387_500, smallest=77_500,
+                        largest=1_937_500, per_step=12 * 128, ratios=(0.5, 0.6, 0.7, 0.8), methods=6, setting2=4),
     "configs/smoke.yaml": dict(arch=(64, 192, 10, 4, 2), vocab=1024, P=100_000, N=20_000, smallest=10_000,
                                largest=20_000, per_step=8 * 128, ratios=(0.5, 0.7), methods=3, setting2=3),
 }

@@ -533,3 +533,26 @@ def test_interpolation_and_the_learning_curve_of_a_model_dir(tmp_path):
         {"step": 2, "tokens": 1024, "loss": 6.0, "val_loss": 6.5})) + "\n")
     assert learning_curve(tmp_path) == [[0, 8.0], [1024, 6.5]]
     assert learning_curve(tmp_path / "absent") is None
+
+
+def test_f0_noise_pools_the_runs_of_one_configuration_and_applies_the_2se_rule():
+    from pvs.report.parent_check import Check, Curve, configurations
+    def curve(arm, at_p, seed, method="minitron_depth", tokens=2 * M):
+        return Curve(arm, method, 0.5, 400 * K if arm == "scratch_total" else tokens, tokens, seed,
+                     ((0.0, 8.0), (float(tokens), 2 * at_p - 8.0)))   # linear: at_p exactly at P = tokens / 2
+    # the default study's F0 at 12.1 tok/param: S_N at 1.25P and three S_{P+N} seeds, one shape and token count
+    runs = [curve("scratch", 3.140, 0), curve("scratch_total", 3.202, 0), curve("scratch_total", 3.209, 1),
+            curve("scratch_total", 3.177, 2), curve("scratch_total", 3.30, 0, method="sparsegpt")]
+    check = Check.of([Curve("parent", None, None, None, 1 * M, 0, ((0.0, 8.0), (1e6, 3.154))), *runs], 1 * M, None)
+    groups = configurations(check.scratch)
+    assert [len(g.runs) for g in groups] == [4, 1] and groups[0].mean == pytest.approx(3.182)
+    assert groups[0].se == pytest.approx(0.0156, abs=1e-4) and groups[1].se is None
+    assert check.passes is False                               # the verdict keeps the strict every-run rule
+    assert "mean 3.182 ± 0.016 (n=4); parent − it -0.028: within noise (|gap| ≤ 2 SE)" in check.noise()
+    assert "Minitron-Depth r=0.5 on 2M tokens (S_N × 1, S_P+N × 3), mean" in check.noise()
+    far = Check.of([Curve("parent", None, None, None, 1 * M, 0, ((0.0, 8.0), (1e6, 3.0))), *runs[1:4]], 1 * M, None)
+    assert far.passes and "parent below it beyond noise" in far.noise()
+    low = Check.of([Curve("parent", None, None, None, 1 * M, 0, ((0.0, 8.0), (1e6, 3.3))), *runs[1:4]], 1 * M, None)
+    assert "a from-scratch configuration below the parent beyond noise" in low.noise()
+    alone = Check.of([Curve("parent", None, None, None, 1 * M, 0, ((0.0, 8.0), (1e6, 3.0))), runs[4]], 1 * M, None)
+    assert "(n=1, no noise estimate)" in alone.noise()

@@ -293,7 +293,9 @@ def f0_parent_check(check: Check, scale: Scale) -> Finding:
                    "holds if, at P = parent.tokens, the parent's validation loss is below that of every "
                    "from-scratch run (S_N, S_{P+N}, S_F, every seed) whose learning curve reaches P, the curve "
                    "(metrics.jsonl val_loss) interpolated linearly at P; a curve that ends before P is not used; "
-                   "not enough runs without any.")
+                   "not enough runs without any. Noise (not part of the verdict): the lowest from-scratch "
+                   "configuration (same shape, tokens and LR; S_N and S_{P+N} on the same tokens pooled) as mean "
+                   "± SE at P against the parent, beyond noise when the gap exceeds 2 SE.", check.noise())
 
 
 def findings(s1, scaling, s2, s3, grid: Grid, runs: pd.DataFrame, parent: pd.Series | None,

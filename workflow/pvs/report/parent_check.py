@@ -12,9 +12,17 @@ points around P (exact when a point lies at P); a run whose curve ends before P 
 loss at P is read from its own curve the same way (its last point when its whole-step budget ends just
 short of P), or, without a curve, its evaluated val_loss. Without a scratch curve reaching P the verdict is
 "not enough runs". A scratch run at P is still mid-schedule (its LR not yet decayed), which favours the parent.
+
+Noise (reported beside the verdict, which stays the strict rule above): the runs that reach P are grouped into
+configurations, the same child shape (method, ratio) trained on the same tokens at the same LR; S_N and S_{P+N}
+on the same tokens read the same splits and differ only in their seed stream, so they pool. For the group with
+the lowest mean at P, the report gives mean ± SE over its runs and whether the parent is below it by more than
+2 SE (beyond noise), above it by more than 2 SE, or within noise; the parent is one run, so its own seed noise is
+not in the SE.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from pvs.budget import format_tokens
@@ -102,12 +110,71 @@ class Check:
         """The from-scratch runs at or below the parent at P tokens, lowest first."""
         return sorted(((c, v) for c, v in self.scratch if v <= self.parent_loss), key=lambda cv: cv[1])
 
+    def noise(self) -> str:
+        """The noise line of F0 ('' without a parent or a from-scratch run reaching P)."""
+        if self.parent_loss is None or not self.scratch:
+            return ""
+        return noise_text(self.parent_loss, configurations(self.scratch)[0])
+
     @property
     def passes(self) -> bool | None:
         """True when the parent is below every from-scratch run at P; None without a parent or such a run."""
         if self.parent_loss is None or not self.scratch:
             return None
         return not self.below
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """The from-scratch runs of one configuration (child shape, tokens, LR) at P tokens, every arm and seed."""
+    method: str | None
+    ratio: float | None
+    train_tokens: int | None
+    runs: tuple[tuple[Curve, float], ...]
+
+    @property
+    def mean(self) -> float:
+        return sum(v for _, v in self.runs) / len(self.runs)
+
+    @property
+    def se(self) -> float | None:
+        """Standard error of the mean over the runs; None with one run."""
+        n = len(self.runs)
+        if n < 2:
+            return None
+        return math.sqrt(sum((v - self.mean) ** 2 for _, v in self.runs) / (n - 1) / n)
+
+    def name(self) -> str:
+        counts = {}
+        for curve, _ in self.runs:
+            counts[ARMS[curve.arm].short] = counts.get(ARMS[curve.arm].short, 0) + 1
+        arms = ", ".join(f"{short} × {n}" for short, n in counts.items())
+        where = "" if self.method is None else f"{display_name(self.method)} r={self.ratio:g} "
+        return f"{where}on {format_tokens(self.train_tokens)} tokens ({arms})"
+
+
+def configurations(scratch: list[tuple[Curve, float]]) -> list[Configuration]:
+    """``scratch`` grouped by (method, ratio, train tokens), lowest mean at P first. Every from-scratch arm of a
+    method trains at one LR (the sweep's scratch.<granularity> key, or train.lr_per_arm's scratch), so the
+    group is one configuration."""
+    groups: dict[tuple, list[tuple[Curve, float]]] = {}
+    for curve, value in scratch:
+        groups.setdefault((curve.method, curve.ratio, curve.train_tokens), []).append((curve, value))
+    out = [Configuration(m, r, t, tuple(runs)) for (m, r, t), runs in groups.items()]
+    return sorted(out, key=lambda g: g.mean)
+
+
+def noise_text(parent_loss: float, lowest: Configuration) -> str:
+    """F0's noise line: the lowest configuration's mean ± SE at P against the parent (2-SE rule)."""
+    n, se, gap = len(lowest.runs), lowest.se, lowest.mean - parent_loss
+    head = f"lowest configuration at P: {lowest.name()}, mean {lowest.mean:.3f}"
+    if se is None:
+        return f"{head} (n=1, no noise estimate); parent − it {-gap:+.3f}"
+    where = ("parent below it beyond noise" if gap > 2 * se else
+             "a from-scratch configuration below the parent beyond noise" if gap < -2 * se else
+             "within noise (|gap| ≤ 2 SE)")
+    return (f"{head} ± {se:.3f} (n={n}); parent − it {-gap:+.3f}: {where}; the parent's own seed noise is not "
+            "measured (one run)")
 
 
 UNDERTRAINED = ("The parent is undertrained: at its own token count P, a model trained from scratch reaches a lower "

@@ -5,8 +5,9 @@
 
 Writes ``benchmarks/results/<study>.json`` (wall seconds of the full run, of a `snakemake -n` on the
 finished study and on an empty one, and per rule: job count, summed and maximum job seconds from
-Snakemake's ``benchmark:`` files). The study's results folder is emptied first unless --keep is given (other studies' folders nested in it,
-such as results/smoke, and links are kept).
+Snakemake's ``benchmark:`` files). The study's results folder is emptied first unless --keep is given; its
+README, links and every folder holding another study at any depth (results/smoke, results/regime with its
+tpp* studies and the report across them) are kept.
 """
 from __future__ import annotations
 
@@ -48,8 +49,19 @@ def per_rule_seconds(bench_dir: Path) -> dict[str, dict]:
 
 
 def other_study(path: Path) -> bool:
-    """A folder (or a link to one) holding another study's results, e.g. results/smoke inside results/."""
-    return path.is_symlink() or (path.is_dir() and (path / "config.resolved.yaml").exists())
+    """A folder (or a link) holding another study's results at any depth: results/smoke inside results/, or
+    results/regime, whose studies are results/regime/tpp*/ beside the report across them."""
+    return path.is_symlink() or (path.is_dir() and next(path.rglob("config.resolved.yaml"), None) is not None)
+
+
+def empty_study_folder(results: Path) -> None:
+    """Delete everything the study wrote under ``results``; its README and other studies' folders stay."""
+    if not results.exists():
+        return
+    for child in results.iterdir():
+        if child.name == "README.md" or other_study(child):
+            continue
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,11 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(ROOT / args.configfile)
     results = ROOT / cfg["results_dir"]
-    if not args.keep and results.exists():
-        for child in results.iterdir():  # everything the study wrote; the README and other studies' folders stay
-            if child.name == "README.md" or other_study(child):
-                continue
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    if not args.keep:
+        empty_study_folder(results)
     dry_empty, _ = snakemake(args.configfile, args.cores, "-n")
     wall, run = snakemake(args.configfile, args.cores)
     if run.returncode != 0:

@@ -540,19 +540,22 @@ def test_f0_noise_pools_the_runs_of_one_configuration_and_applies_the_2se_rule()
     def curve(arm, at_p, seed, method="minitron_depth", tokens=2 * M):
         return Curve(arm, method, 0.5, 400 * K if arm == "scratch_total" else tokens, tokens, seed,
                      ((0.0, 8.0), (float(tokens), 2 * at_p - 8.0)))   # linear: at_p exactly at P = tokens / 2
+    def parent(loss):
+        return Curve("parent", None, None, None, 1 * M, 0, ((0.0, 8.0), (1e6, loss)))
     # the default study's F0 at 12.1 tok/param: S_N at 1.25P and three S_{P+N} seeds, one shape and token count
     runs = [curve("scratch", 3.140, 0), curve("scratch_total", 3.202, 0), curve("scratch_total", 3.209, 1),
             curve("scratch_total", 3.177, 2), curve("scratch_total", 3.30, 0, method="sparsegpt")]
-    check = Check.of([Curve("parent", None, None, None, 1 * M, 0, ((0.0, 8.0), (1e6, 3.154))), *runs], 1 * M, None)
+    check = Check.of([parent(3.154), *runs], 1 * M, None)
     groups = configurations(check.scratch)
     assert [len(g.runs) for g in groups] == [4, 1] and groups[0].mean == pytest.approx(3.182)
-    assert groups[0].se == pytest.approx(0.0156, abs=1e-4) and groups[1].se is None
+    gap = groups[0].above(3.154)
+    assert gap.mean == pytest.approx(0.028) and gap.se == pytest.approx(0.0156, abs=1e-4) and gap.n == 4
+    assert pd.isna(groups[1].above(3.154).se)
     assert check.passes is False                               # the verdict keeps the strict every-run rule
-    assert "mean 3.182 ± 0.016 (n=4); parent − it -0.028: within noise (|gap| ≤ 2 SE)" in check.noise()
+    assert "mean 3.182; it − parent Δ +0.028 ± 0.016 (n=4, unpaired): within noise;" in check.noise()
     assert "Minitron-Depth r=0.5 on 2M tokens (S_N × 1, S_P+N × 3), mean" in check.noise()
-    far = Check.of([Curve("parent", None, None, None, 1 * M, 0, ((0.0, 8.0), (1e6, 3.0))), *runs[1:4]], 1 * M, None)
-    assert far.passes and "parent below it beyond noise" in far.noise()
-    low = Check.of([Curve("parent", None, None, None, 1 * M, 0, ((0.0, 8.0), (1e6, 3.3))), *runs[1:4]], 1 * M, None)
+    assert "parent below it beyond noise" in Check.of([parent(3.0), *runs[1:4]], 1 * M, None).noise()
+    low = Check.of([parent(3.3), *runs[1:4]], 1 * M, None)
     assert "a from-scratch configuration below the parent beyond noise" in low.noise()
-    alone = Check.of([Curve("parent", None, None, None, 1 * M, 0, ((0.0, 8.0), (1e6, 3.0))), runs[4]], 1 * M, None)
-    assert "(n=1, no noise estimate)" in alone.noise()
+    alone = Check.of([parent(3.0), runs[4]], 1 * M, None).noise()
+    assert "no noise estimate (n=1): by its sign only: parent below it;" in alone and "beyond" not in alone

@@ -22,11 +22,14 @@ not in the SE.
 """
 from __future__ import annotations
 
-import math
+from collections import Counter
 from dataclasses import dataclass
+
+import pandas as pd
 
 from pvs.budget import format_tokens
 from pvs.prune.registry import display_name
+from pvs.report.uncertainty import Gap, se_of_mean
 from pvs.study import ARMS, run_label
 
 FROM_SCRATCH = tuple(name for name, arm in ARMS.items() if arm.init == "shape")   # S_N, S_{P+N}, S_F
@@ -136,18 +139,15 @@ class Configuration:
     def mean(self) -> float:
         return sum(v for _, v in self.runs) / len(self.runs)
 
-    @property
-    def se(self) -> float | None:
-        """Standard error of the mean over the runs; None with one run."""
-        n = len(self.runs)
-        if n < 2:
-            return None
-        return math.sqrt(sum((v - self.mean) ** 2 for _, v in self.runs) / (n - 1) / n)
+    def above(self, parent_loss: float) -> Gap:
+        """Δ = this configuration's mean at P − the parent's loss at P, with the SE of that mean over its runs
+        (the parent is one run: its own seed noise is not in the SE)."""
+        values = pd.Series([v for _, v in self.runs], dtype="float64")
+        se = float(se_of_mean(values.std(ddof=1), len(values)).iloc[0])
+        return Gap(float(values.mean()) - parent_loss, se, len(values), paired=False)
 
     def name(self) -> str:
-        counts = {}
-        for curve, _ in self.runs:
-            counts[ARMS[curve.arm].short] = counts.get(ARMS[curve.arm].short, 0) + 1
+        counts = Counter(ARMS[curve.arm].short for curve, _ in self.runs)
         arms = ", ".join(f"{short} × {n}" for short, n in counts.items())
         where = "" if self.method is None else f"{display_name(self.method)} r={self.ratio:g} "
         return f"{where}on {format_tokens(self.train_tokens)} tokens ({arms})"
@@ -164,17 +164,17 @@ def configurations(scratch: list[tuple[Curve, float]]) -> list[Configuration]:
     return sorted(out, key=lambda g: g.mean)
 
 
+SIDES = {1: "parent below it beyond noise", -1: "a from-scratch configuration below the parent beyond noise",
+         0: "within noise"}
+
+
 def noise_text(parent_loss: float, lowest: Configuration) -> str:
-    """F0's noise line: the lowest configuration's mean ± SE at P against the parent (2-SE rule)."""
-    n, se, gap = len(lowest.runs), lowest.se, lowest.mean - parent_loss
-    head = f"lowest configuration at P: {lowest.name()}, mean {lowest.mean:.3f}"
-    if se is None:
-        return f"{head} (n=1, no noise estimate); parent − it {-gap:+.3f}"
-    where = ("parent below it beyond noise" if gap > 2 * se else
-             "a from-scratch configuration below the parent beyond noise" if gap < -2 * se else
-             "within noise (|gap| ≤ 2 SE)")
-    return (f"{head} ± {se:.3f} (n={n}); parent − it {-gap:+.3f}: {where}; the parent's own seed noise is not "
-            "measured (one run)")
+    """F0's noise line: the lowest configuration's mean at P against the parent, by the report's 2-SE rule
+    (pvs.report.uncertainty; with one run, by the sign)."""
+    gap = lowest.above(parent_loss)
+    where = SIDES[gap.side()] if gap.noisy else "by its sign only: " + SIDES[gap.side()].replace(" beyond noise", "")
+    return (f"lowest configuration at P: {lowest.name()}, mean {lowest.mean:.3f}; it − parent {gap.text()}: "
+            f"{where}; the parent's own seed noise is not measured (one run)")
 
 
 UNDERTRAINED = ("The parent is undertrained: at its own token count P, a model trained from scratch reaches a lower "

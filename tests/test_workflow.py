@@ -5,6 +5,7 @@ Runs once per test session in a temporary working directory (about 3-5 minutes o
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -126,6 +127,27 @@ def test_second_run_does_nothing(smoke_run):
     workdir, config = smoke_run
     result = snakemake(workdir, config, "-n")
     assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_another_launcher_of_the_same_environment_reruns_nothing(smoke_run):
+    """`.venv/bin/snakemake` runs as bin/python3, `python -m snakemake` as bin/python: the shell commands (a rerun
+    trigger) must be the same, or a finished study re-runs from its data up (pvs.resources.job_python)."""
+    workdir, config = smoke_run
+    bin_dir = Path(sys.executable).parent
+    other = bin_dir / ("python3" if Path(sys.executable).name == "python" else "python")
+    assert os.path.samefile(other, sys.executable) and str(other) != sys.executable
+    cmd = [str(other), "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(config), "--cores", "2", "-n"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
+
+
+def test_job_python_names_the_environment_python_whatever_the_launcher():
+    from pvs.resources import job_python
+
+    bin_dir = Path(sys.executable).parent
+    assert job_python(str(bin_dir / "python3")) == job_python(str(bin_dir / "python")) == str(bin_dir / "python3")
+    assert job_python("/nonexistent/bin/python3") == "/nonexistent/bin/python3"
 
 
 def test_changing_one_budget_reruns_only_its_dependents(smoke_run, tmp_path):

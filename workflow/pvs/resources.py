@@ -11,7 +11,9 @@ by the time limit and continues from its checkpoint when Snakemake retries it (p
 from __future__ import annotations
 
 import math
+import os
 import sys
+from pathlib import Path
 
 from pvs.cli import doc_parser
 from pvs.budget import parse_tokens
@@ -86,6 +88,24 @@ def prune_size_and_tokens(cfg: dict, method: str) -> tuple[int | None, int | Non
     if prune_stage(method) == "sheared":
         return parent_params(cfg), record(method).section(cfg["prune"])["mask_tokens"]
     return None, None
+
+
+def job_python(executable: str = sys.executable) -> str:
+    """The interpreter path written into every job's shell command: the first of ``<bin>/python3`` and
+    ``<bin>/python`` that is the same file as ``executable``, else ``executable``.
+
+    Snakemake's code rerun trigger hashes each rule's shell command, so the path must not depend on how
+    snakemake was launched: ``.venv/bin/snakemake`` (``make``) runs as ``.venv/bin/python3``, ``python -m
+    snakemake`` as ``.venv/bin/python``; with ``sys.executable`` verbatim a finished study re-ran from its
+    data up when the launcher changed. ``python3`` first keeps the studies that ``make`` ran valid."""
+    bin_dir = Path(executable).parent
+    for name in ("python3", "python"):
+        try:
+            if os.path.samefile(bin_dir / name, executable):
+                return str(bin_dir / name)
+        except OSError:   # no such file
+            continue
+    return executable
 
 
 def launcher(cfg: dict, stage: str, python: str, warm: bool = False) -> str:

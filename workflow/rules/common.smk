@@ -1,7 +1,6 @@
 # Config validation (fails before any job starts), the study grid, and input functions.
 # the package pvs is installed into the environment (pyproject.toml; the Makefile's venv, envs/environment.yaml)
 import os
-import sys
 from pathlib import Path
 
 from snakemake.settings.types import DeploymentMethod
@@ -14,6 +13,7 @@ from pvs.study import ARMS, FIGURE_PDFS, REPORT_OUTPUTS, SETTINGS, TRAINED_ARMS,
 from pvs.budget import format_tokens, parse_tokens
 from pvs.data.tokens import SPLITS
 from pvs.resources import estimated_child_params, job_resources, parent_params, prune_size_and_tokens, prune_stage
+from pvs.resources import job_python
 from pvs.resources import launcher as pvs_launcher
 from pvs.sweep import CHOSEN_JSON, SWEEP_CSV, SWEEP_MD, Sweep, chosen_path, lr_key
 
@@ -30,7 +30,8 @@ CONFIG = write_resolved_config(config, f"{R}/config.resolved.yaml")
 # Jobs run pvs with this environment's Python; under `--software-deployment-method conda` with the rule's
 # conda environment's (envs/environment.yaml, whose post-deploy script installs pvs from PVS_REPO).
 os.environ.setdefault("PVS_REPO", workflow.basedir)
-PY = "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else sys.executable
+# (the same path however snakemake was launched: the shell commands are a rerun trigger, pvs.resources.job_python)
+PY = "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else job_python()
 PARENT_TOKENS = parse_tokens(config["parent"]["tokens"])
 GRID = Grid.from_config(config)
 # a study on GPUs (device: cuda) first proves that every job fits cluster.gpu_memory_gib (python -m pvs.memory)

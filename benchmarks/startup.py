@@ -37,7 +37,7 @@ THREAD_VARS = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "M
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 # the default study's (config.yaml) jobs that start warm (snakemake -n): train = train_parent 1 + train_child 100
 # + the LR sweep's runs 35 (lr_sweep_parent 5, lr_sweep_child 30), prune 24, evaluate 125
-DEFAULT_STUDY_WARM_JOBS = {"train": 136, "prune": 24, "evaluate": 125}
+DEFAULT_STUDY_WARM_JOBS = {"train": 129, "prune": 24, "evaluate": 125}
 
 
 def environment(work: Path) -> dict[str, str]:

@@ -13,6 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from pvs.jsonio import write_json  # noqa: F401  (re-exported: pvs.modeling.write_json)
+
 MASKS_FILE = "masks.safetensors"
 
 
@@ -211,12 +213,3 @@ def shape_of(config) -> dict:
     return {k: getattr(config, k) for k in keys}
 
 
-def write_json(path: str | os.PathLike, obj: dict) -> None:
-    """Write JSON atomically (temp file + rename) so an interrupted job never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)

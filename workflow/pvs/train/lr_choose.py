@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pvs.cli import doc_parser, guarded
 from pvs.config import ConfigError, load_config
-from pvs.modeling import write_json
+from pvs.jsonio import write_json
 from pvs.sweep import CHOSEN_JSON, SWEEP_CSV, SWEEP_MD, Sweep, format_lr, pick
 
 

@@ -36,7 +36,7 @@ from pvs.versions import library_versions  # noqa: E402
 THREAD_VARS = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 # the default study's (config.yaml) jobs that start warm (snakemake -n): train = train_parent 1 + train_child 100
-# + the LR sweep's runs 35 (lr_sweep_parent 5, lr_sweep_child 30), prune 24, evaluate 125
+# + the LR sweep's runs 28 (lr_sweep_parent 4, lr_sweep_child 24), prune 24, evaluate 125
 DEFAULT_STUDY_WARM_JOBS = {"train": 129, "prune": 24, "evaluate": 125}
 
 

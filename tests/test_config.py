@@ -44,6 +44,7 @@ def test_defaults_are_filled():
     ({"prune": {"ratios": [0.0]}}, "prune.ratios[0] = 0.0"),
     ({"prune": {"methods": ["magic"]}}, "prune.methods[0] = 'magic': unknown method"),
     ({"budgets": {"main": "12 parsecs"}}, "budgets.main = '12 parsecs'"),
+    ({"train": {"compile_min_tokens": "soon"}}, "train.compile_min_tokens = 'soon'"),
     ({"parent": {"arch": {"num_key_value_heads": 3}}}, "parent.arch.num_key_value_heads = 3"),
     ({"parent": {"source": "pretrained"}}, "parent.pretrained = None"),
     ({"data": {"source": "local_text"}}, "data.local_text.paths = []"),
@@ -148,7 +149,7 @@ def test_run_only_train_keys_are_one_fact_left_out_of_results_and_rule_params():
     assert {"lr", "batch_size", "seq_len", "precision", "init_std"} <= set(result_recipe(train))
     changed = validate_config({"train": {"checkpoint_every": 7, "eval_every_tokens": "1k",
                                          "micro_batch_size": 1, "activation_checkpointing": True,
-                                         "compile": True}})["train"]
+                                         "compile": True, "compile_min_tokens": "1M"}})["train"]
     assert result_recipe(changed) == result_recipe(train)
     rules = "\n".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
     # only the GPU-memory check depends on the whole section (micro-batch and recomputation change memory)

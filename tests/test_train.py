@@ -436,11 +436,17 @@ def test_chunked_loss_and_prefetch_follow_the_plain_trainer(byte_splits, config_
 
 def test_per_layer_compile_follows_the_eager_trainer(byte_splits, config_file, tmp_path, monkeypatch):
     """compile: layers (each decoder layer compiled in place): the eager run's losses within 1e-5 over 5 steps,
-    the saved weights keep their names, and inductor's cache is the configured compile_cache_dir."""
+    the saved weights keep their names, inductor's cache is the configured compile_cache_dir, and the
+    validation passes (no-grad, another batch) run eagerly: dynamo captures the training graph only."""
+    from torch._dynamo.utils import counters
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)        # restored after the test
     run("parent", 640, byte_splits, tmp_path / "eager", config_file)
+    torch._dynamo.reset()
+    counters.clear()
     run("parent", 640, byte_splits, tmp_path / "compiled",
-        switched_config(config_file, tmp_path, "c", compile="layers", compile_cache_dir=str(tmp_path / "inductor")))
+        switched_config(config_file, tmp_path, "c", compile="layers", compile_cache_dir=str(tmp_path / "inductor"),
+                        eval_windows=3))
+    assert counters["stats"]["unique_graphs"] == 1           # one graph for every layer; none for validation
     assert any((tmp_path / "inductor").iterdir())
     eager, compiled = metrics(tmp_path / "eager"), metrics(tmp_path / "compiled")
     assert len([r for r in eager if "loss" in r]) == 5
@@ -448,6 +454,25 @@ def test_per_layer_compile_follows_the_eager_trainer(byte_splits, config_file, t
                                                                          abs=1e-5)
     assert load_file(str(tmp_path / "compiled" / "model.safetensors")).keys() == \
         load_file(str(tmp_path / "eager" / "model.safetensors")).keys()
+
+
+def test_a_run_below_compile_min_tokens_trains_eagerly(byte_splits, config_file, tmp_path, monkeypatch):
+    """train.compile_min_tokens: a shorter run compiles nothing (dynamo captures no graph, inductor's cache is
+    not set up, run_options say eager), a run of at least that many tokens compiles; both are eager's to 1e-5."""
+    from torch._dynamo.utils import counters
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    config = switched_config(config_file, tmp_path, "c", compile="layers", compile_min_tokens="1k",
+                             compile_cache_dir=str(tmp_path / "inductor"))
+    assert train.compile_mode(validate_config(yaml.safe_load(config.read_text()))["train"], 999) is False
+    torch._dynamo.reset()
+    counters.clear()
+    short = run("parent", 640, byte_splits, tmp_path / "short", config)
+    assert short["run_options"]["compile"] is False and short["run_options"]["compile_min_tokens"] == "1k"
+    assert counters["stats"]["unique_graphs"] == 0 and not (tmp_path / "inductor").exists()
+    long = run("parent", 1024, byte_splits, tmp_path / "long", config)
+    assert long["run_options"]["compile"] == "layers" and counters["stats"]["unique_graphs"] == 1
+    eager = run("parent", 1024, byte_splits, tmp_path / "eager", config_file)
+    assert long["final_val_loss"] == pytest.approx(eager["final_val_loss"], abs=1e-5)
 
 
 def test_gpu_benchmark_and_check_run_at_toy_size_on_the_cpu(tmp_path, monkeypatch):

@@ -38,13 +38,15 @@ class ConfigError(ValueError):
 #   activation_checkpointing   recomputing activations in the backward pass (the same gradients)
 #   compile                    torch.compile of the model or per decoder layer (the same function, fused)
 #   compile_cache_dir          where inductor caches compiled kernels (shared by a study's jobs)
+#   compile_min_tokens         runs of fewer tokens stay eager (the same function, unfused)
 #   loss_chunk_tokens          the LM head + cross-entropy in chunks of tokens (the same loss, less memory)
 #   prefetch_batches           the next step's windows read in a background thread (the same windows)
 #   shard_embeddings           embedding and LM head as their own FSDP2 units (the same update)
 # (eval_windows is not run-only: the logged curves are the learning curves finding F0 reads, so every run
 # of a study must average the same windows.)
 RUN_ONLY_TRAIN_KEYS = ("checkpoint_every", "eval_every_tokens", "micro_batch_size", "activation_checkpointing",
-                       "compile", "compile_cache_dir", "loss_chunk_tokens", "prefetch_batches", "shard_embeddings")
+                       "compile", "compile_cache_dir", "compile_min_tokens", "loss_chunk_tokens", "prefetch_batches",
+                       "shard_embeddings")
 
 
 def result_recipe(train_cfg: dict) -> dict:
@@ -101,8 +103,11 @@ def _semantic_errors(cfg: dict) -> list[str]:
         if method not in METHOD_NAMES:
             errors.append(f"prune.methods[{i}] = {method!r}: unknown method (known: {', '.join(METHOD_NAMES)})")
     budgets = cfg["budgets"]
-    for key, value in [("parent.tokens", cfg["parent"]["tokens"]), ("budgets.main", budgets["main"]),
-                       ("train.eval_every_tokens", cfg["train"]["eval_every_tokens"])]:
+    token_values = [("parent.tokens", cfg["parent"]["tokens"]), ("budgets.main", budgets["main"]),
+                    ("train.eval_every_tokens", cfg["train"]["eval_every_tokens"])]
+    if cfg["train"]["compile_min_tokens"] is not None:
+        token_values.append(("train.compile_min_tokens", cfg["train"]["compile_min_tokens"]))
+    for key, value in token_values:
         try:
             parse_tokens(value)
         except ValueError as e:

@@ -20,6 +20,8 @@ Switches (``train.*`` in the config; off = the plain path, numerically identical
   * ``compile: layers`` (``compile_layers``): every decoder layer ``.compile()``-d in place (same parameter
     names), before FSDP2 shards it (torchtitan's order); ``compile: true`` compiles the whole model (as before).
     ``compile_cache_dir`` (``use_compile_cache``): inductor's on-disk cache, shared by a study's jobs.
+    ``compile_min_tokens`` (``pvs.train.trainer.compile_mode``): shorter runs stay eager. The trainer's
+    validation passes always run eagerly (``validation_loss``), so a job compiles the training graph only.
   * ``prefetch_batches`` (``Batches``): the next step's windows are read (and pinned on CUDA) in a background
     thread while the current step computes; the copies to the GPU are non-blocking.
 """

@@ -70,6 +70,13 @@ def run_tokens(args: argparse.Namespace) -> int:
     return parse_tokens(args.tokens)
 
 
+def compile_mode(recipe: dict, tokens: int):
+    """The run's ``compile`` setting: train.compile, or false (eager) for a run of fewer tokens than
+    train.compile_min_tokens, whose steps would not repay the tracing and compiling."""
+    floor = recipe.get("compile_min_tokens")
+    return False if floor is not None and tokens < parse_tokens(floor) else recipe["compile"]
+
+
 def peak_lr(args: argparse.Namespace, cfg: dict) -> tuple[float, str]:
     """The run's peak LR and where it comes from: --lr, the 'lr' of the --lr-from JSON, else train.lr."""
     if getattr(args, "lr", None) is not None:
@@ -158,8 +165,18 @@ def validation_loss(model, windows: torch.Tensor, micro_batch: int, autocast,
     Under torchrun each rank scores its share (every world-th window) and the summed losses are reduced
     over ranks, so the value is the one process's. Every rank runs the same number of forward passes
     (FSDP2 gathers parameters in each); a rank short of windows scores a stand-in with weight zero.
+    With ``compile: layers`` the layers run eagerly here (torch.compiler.set_stance "force_eager"): a
+    no-grad forward of another batch size would otherwise trace and compile two more graphs per job.
     """
     model.eval()
+    with torch.compiler.set_stance("force_eager"):   # compiled layers run eagerly here: no graphs for no-grad
+        total = _summed_nll(model, windows, micro_batch, autocast, ctx)
+    model.train()
+    return distributed.total(float(total), ctx) / (len(windows) * (windows.shape[1] - 1))
+
+
+def _summed_nll(model, windows: torch.Tensor, micro_batch: int, autocast, ctx: distributed.Dist) -> torch.Tensor:
+    """This rank's summed next-token loss over its share of ``windows`` (float64), for validation_loss."""
     mine = windows[ctx.rank::ctx.world]
     passes = math.ceil(math.ceil(len(windows) / ctx.world) / micro_batch)
     total = torch.zeros((), dtype=torch.float64)
@@ -172,8 +189,7 @@ def validation_loss(model, windows: torch.Tensor, micro_batch: int, autocast,
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)),
                                                 x[:, 1:].reshape(-1), reduction="sum")
         total += weight * nll.double().cpu()
-    model.train()
-    return distributed.total(float(total), ctx) / (len(windows) * (windows.shape[1] - 1))
+    return total
 
 
 class MetricsLog:
@@ -282,7 +298,9 @@ def _resume_state(ckpt_dir: Path, signature: dict, ctx) -> dict | None:
 def _train(args: argparse.Namespace, cfg: dict, ctx: distributed.Dist) -> dict:
     arm = ARMS[args.arm]
     lr, lr_source = peak_lr(args, cfg)
-    cfg = {**cfg, "train": {**cfg["train"], "lr": lr}}       # the signature and every step see this LR
+    tokens = run_tokens(args)
+    # the signature and every step see this LR; train_meta.json's run_options the compile setting in force
+    cfg = {**cfg, "train": {**cfg["train"], "lr": lr, "compile": compile_mode(cfg["train"], tokens)}}
     recipe = cfg["train"]
     seed = cfg["seed"] if args.seed is None else args.seed
     torch.set_num_threads(args.threads or cfg["threads_per_job"])
@@ -292,7 +310,6 @@ def _train(args: argparse.Namespace, cfg: dict, ctx: distributed.Dist) -> dict:
     if ctx.sharded and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
     manifest = read_manifest(args.data)
-    tokens = run_tokens(args)
     seq_len, batch_size = recipe["seq_len"], recipe["batch_size"]
     local, micro = _batch_geometry(recipe, ctx)
     steps = steps_for_budget(tokens, seq_len, batch_size)

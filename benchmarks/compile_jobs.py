@@ -16,9 +16,8 @@ Every variant has the same LR and data; the jobs' final validation losses are re
 A job spec is ``ARM:TOKENS[:INIT]`` with INIT a pruning method (its child at r = 0.5 of the prepared parent,
 benchmarks/startup.py's preparation: data, a briefly trained parent, pruned children). The seconds are the
 whole job's wall clock (the client's, start to exit), so start-up, model set-up, compiling, the steps, the
-validation passes and the writing of the model all count. Medians over the repetitions; the tracing cost is
-a job's compiled seconds minus its steps' seconds at the compiled rate, not estimated here: the ratio
-eager / compiled is what a study gains per job.
+validation passes and the writing of the model all count. Medians over the repetitions; eager / cold and
+eager / warm are what a study gains per job (above 1: compiling pays for that job).
 Writes ``benchmarks/results/compile_jobs.json`` (every repetition, versions, CPU flags).
 """
 from __future__ import annotations
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "workflow"))
 
-from startup import environment, prepare, run  # noqa: E402  (benchmarks/startup.py)
+from startup import add_preparation_args, environment, prepare, run  # noqa: E402  (benchmarks/startup.py)
 
 from pvs.cli import doc_parser  # noqa: E402
 from pvs.versions import library_versions  # noqa: E402
@@ -90,9 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="training jobs to time (default: %(default)s)")
     parser.add_argument("--reps", type=int, default=2, help="repetitions of every variant (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=0.008, help="peak LR of every job (default: %(default)s)")
-    parser.add_argument("--config", default="config.yaml", help="study whose settings the jobs use (default: %(default)s)")
-    parser.add_argument("--parent-tokens", default="20k", help="tokens of the prepared parent (default: %(default)s)")
-    parser.add_argument("--work", default="/tmp/pvs-compile-bench", help="scratch directory (kept for reruns)")
+    add_preparation_args(parser, "/tmp/pvs-compile-bench")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/compile_jobs.json"), help="results JSON")
     args = parser.parse_args(argv)
     work = Path(args.work)

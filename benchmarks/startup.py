@@ -12,7 +12,7 @@ Snakemake sets for a 1-thread job. A warm no-op job (``python -m pvs.warm this``
 start-up S_warm (client, connection, fork); a job's in-process work is W = T_warm - S_warm and the cold
 start-up S_cold = T_cold - W (work that neither path avoids, pvs's own imports included, counts as work).
 Medians over the reps. The share of job-seconds is S / T per job, over these jobs, and weighted by the
-default study's job counts (85 train, 24 prune, 109 evaluate; train at the smallest budget, so the share is
+default study's job counts (129 train, 24 prune, 125 evaluate; train at the smallest budget, so the share is
 overstated), the warm path paying its servers' cold starts once each.
 Writes ``benchmarks/results/startup.json`` (with library versions and the CPU count).
 """
@@ -56,6 +56,14 @@ def run(cmd: list[str], env: dict, log: Path | None = None) -> float:
     if done.returncode:
         raise SystemExit(f"{' '.join(cmd)} exited with {done.returncode} (log: {log})")
     return seconds
+
+
+def add_preparation_args(parser, work: str) -> None:
+    """The options ``prepare`` reads: the study config, the prepared parent's tokens, the scratch directory."""
+    parser.add_argument("--config", default="config.yaml",
+                        help="study whose settings the jobs use (default: %(default)s)")
+    parser.add_argument("--parent-tokens", default="20k", help="tokens of the prepared parent (default: %(default)s)")
+    parser.add_argument("--work", default=work, help="scratch directory (kept for reruns; default: %(default)s)")
 
 
 def prepare(work: Path, env: dict, args) -> dict[str, Path]:
@@ -105,12 +113,9 @@ def jobs(p: dict[str, Path], out: Path, train_tokens: str) -> dict[str, list[str
 def main(argv: list[str] | None = None) -> int:
     parser = doc_parser("benchmarks/startup.py", __doc__)
     parser.add_argument("--reps", type=int, default=3, help="timed runs of each job on each path (default: 3)")
-    parser.add_argument("--config", default="config.yaml",
-                        help="study whose settings the jobs use (default: %(default)s)")
-    parser.add_argument("--parent-tokens", default="20k", help="tokens of the prepared parent (default: %(default)s)")
+    add_preparation_args(parser, "/tmp/pvs-startup-bench")
     parser.add_argument("--train-tokens", default="50k",
                         help="tokens of the timed retraining job (default: %(default)s, the default study's smallest)")
-    parser.add_argument("--work", default="/tmp/pvs-startup-bench", help="scratch directory (kept for reruns)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/startup.json"), help="results JSON")
     args = parser.parse_args(argv)
     work = Path(args.work)

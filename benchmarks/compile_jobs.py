@@ -18,7 +18,7 @@ benchmarks/startup.py's preparation: data, a briefly trained parent, pruned chil
 whole job's wall clock (the client's, start to exit), so start-up, model set-up, compiling, the steps, the
 validation passes and the writing of the model all count. Medians over the repetitions; eager / cold and
 eager / warm are what a study gains per job (above 1: compiling pays for that job).
-Writes ``benchmarks/results/compile_jobs.json`` (every repetition, versions, CPU flags).
+Writes ``benchmarks/results/compile_jobs.json`` (every repetition, versions, the machine: CPU model and flags).
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "workflow"))
 from startup import add_preparation_args, environment, prepare, run  # noqa: E402  (benchmarks/startup.py)
 
 from pvs.cli import doc_parser  # noqa: E402
-from pvs.versions import library_versions  # noqa: E402
+from pvs.versions import library_versions, machine_info  # noqa: E402
 
 VARIANTS = ("eager", "cold", "warm")
 # the default study's longest jobs (S_{P+N} of a sparse child and the parent's size: 1.9375M tokens), its
@@ -73,14 +73,6 @@ def job_command(spec: str, p: dict, config: Path, out: Path, lr: float, env: dic
                "--data", str(p["data"]), "--out", str(out / "model"), "--ckpt", str(out / "ckpt"),
                "--config", str(config), "--threads", "1", "--lr", str(lr)]
     return command + (["--init", str(child(p, init[0], env, work))] if init else [])
-
-
-def cpu_flags() -> list[str]:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
-    return sorted(f for f in flags.split(":")[1].split() if f.startswith(("avx512", "amx", "avx2")))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                          "eager_over_warm": round(med["eager"] / med["warm"], 3),
                          "val_loss_rep0": val, "steps": next(r["steps"] for r in records if r["job"] == spec)}
     result = {"config": args.config, "lr": args.lr, "reps": args.reps, "jobs": summary, "raw": records,
-              "cpu_flags": cpu_flags(), "versions": library_versions()}
+              "machine": machine_info(), "versions": library_versions()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(summary, indent=1))

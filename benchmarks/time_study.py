@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import json
-import platform
 import shutil
 import subprocess
 import sys
@@ -27,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from pvs.cli import doc_parser
 from pvs.config import load_config
-from pvs.versions import library_versions
+from pvs.versions import library_versions, machine_info
 
 
 def snakemake(configfile: str, cores: int, *extra: str) -> tuple[float, subprocess.CompletedProcess]:
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
               "wall_s": round(wall, 1), "dry_run_empty_s": round(dry_empty, 2), "dry_run_done_s": round(dry_done, 2),
               "second_run_does_nothing": "Nothing to be done" in again.stdout + again.stderr,
               "per_rule": per_rule_seconds(results / "benchmarks"),
-              "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform()},
+              "machine": machine_info(),
               "versions": library_versions(), "date": time.strftime("%Y-%m-%d %H:%M")}
     out = ROOT / "benchmarks" / "results" / f"{cfg['study']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

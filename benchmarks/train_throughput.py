@@ -35,8 +35,6 @@ import contextlib
 import copy
 import datetime
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -58,7 +56,7 @@ from pvs.config import load_config, validate_config
 from pvs.modeling import apply_masks_, init_weights_, llama_config, mask_grads_
 from pvs.train.step import compile_layers
 from pvs.train.trainer import make_optimizer, make_train_step
-from pvs.versions import library_versions
+from pvs.versions import cpu_flags, library_versions, machine_info
 from transformers import LlamaForCausalLM
 
 
@@ -172,26 +170,6 @@ def measure_shape(label: str, arch: dict, vocab: int, seq: int, batch_size: int,
             "variants": rows, "ratios": ratios}
 
 
-def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("amx", "avx512", "avx2")))
-    except OSError:
-        pass
-    return []
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def shapes(args, cfg: dict) -> list[tuple]:
     if args.toy:
         return [("toy", TOY_ARCH, 128, 32, 4)]
@@ -255,8 +233,7 @@ def main(argv: list[str] | None = None) -> int:
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "threads": threads, "reps": args.reps, "steps_per_rep": args.steps, "warmup_steps": args.warmup,
               "config": "schema defaults" if args.toy else args.config,
-              "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "flags": flags,
-                          "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()},
+              "machine": {**machine_info(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()},
               "versions": library_versions(), "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")

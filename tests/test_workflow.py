@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -264,27 +265,54 @@ def _numbers(summary: pd.DataFrame) -> pd.DataFrame:
     return summary[keep].sort_values(IDENTITY, na_position="first").reset_index(drop=True)
 
 
-def test_smoke_numbers_equal_the_pinned_summary(smoke_run):
-    """Refactors must not change what the study computes: the smoke study's summary.csv (every metric of every
-    model, timings and paths aside) equals tests/data/smoke_summary.csv — exactly on a CPU of the same torch
-    capability as the one that wrote it, within 2e-2 elsewhere (other kernels round differently and training
-    amplifies it). A deliberate change of the numbers rewrites the file: PVS_UPDATE_GOLDEN=1 make test."""
-    import os
-
+def _kernel_identity() -> dict:
+    """What decides the smoke study's bits on a CPU: torch's kernel capability and the CPU model (MKL and
+    oneDNN take other code paths on another vendor's CPU of the same capability)."""
     import torch
 
+    from pvs.versions import machine_info
+
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": machine_info()["cpu"],
+            "torch": torch.__version__}
+
+
+def _loss_like(column: str) -> bool:
+    return column == "val_loss" or column == "val_ppl" or column.startswith("ppl/")
+
+
+def test_smoke_numbers_equal_the_pinned_summary(smoke_run):
+    """Refactors must not change what the study computes: the smoke study's summary.csv (every metric of every
+    model, timings and paths aside) equals tests/data/smoke_summary.csv exactly on a machine of the same torch
+    capability, CPU model and torch as the one that wrote it (tests/data/smoke_summary.json). Elsewhere other
+    kernels round differently and training amplifies it (measured: an AMD EPYC of the same AVX512 capability
+    moved the smoke study's val losses by up to 0.12 nats, 2.2%, and its 10-40-example lm-eval accuracies by up
+    to 0.3), so there the shapes, ratios, LRs, parameter and FLOP counts must still be exact, the losses and
+    perplexities within 5% (in log space for perplexities), and the lm-eval accuracies are not compared.
+    A deliberate change of the numbers rewrites the file: PVS_UPDATE_GOLDEN=1 make test."""
+    import os
+
     current = _numbers(pd.read_csv(smoke_run[0] / "summary.smoke.csv"))
-    capability = torch.backends.cpu.get_cpu_capability()
+    here = _kernel_identity()
     if os.environ.get("PVS_UPDATE_GOLDEN") == "1" or not GOLDEN.exists():
         current.to_csv(GOLDEN, index=False)
-        GOLDEN_META.write_text(json.dumps({"cpu_capability": capability, "torch": torch.__version__}, indent=1) + "\n")
+        GOLDEN_META.write_text(json.dumps(here, indent=1) + "\n")
         assert os.environ.get("PVS_UPDATE_GOLDEN") == "1", f"{GOLDEN} was missing and has been written; commit it"
     golden = pd.read_csv(GOLDEN)
     assert list(current.columns) == list(golden.columns)
     assert current[IDENTITY].astype(str).equals(golden[IDENTITY].astype(str))
-    exact = json.loads(GOLDEN_META.read_text())["cpu_capability"] == capability
     numeric = [c for c in golden.columns if c not in IDENTITY and pd.api.types.is_numeric_dtype(golden[c])]
-    pd.testing.assert_frame_equal(current[numeric], golden[numeric], check_exact=exact, rtol=2e-2, atol=2e-2)
+    if json.loads(GOLDEN_META.read_text()) == here:
+        pd.testing.assert_frame_equal(current[numeric], golden[numeric], check_exact=True)
+        return
+    losses = [c for c in numeric if _loss_like(c)]
+    exact = [c for c in numeric if not _loss_like(c) and not c.startswith("lmeval/")]
+    assert {"val_loss", "params_total", "train_flops", "lr", "achieved_ratio"} <= set(losses + exact)
+    pd.testing.assert_frame_equal(current[exact], golden[exact], check_exact=True)
+    logs = {c: (lambda x: x) if c == "val_loss" else np.log for c in losses}
+    for column in losses:
+        ours, pinned = logs[column](current[column]), logs[column](golden[column])
+        worst = float(((ours - pinned).abs() / pinned.abs()).max())
+        assert worst < 0.05, f"{column}: {worst:.3f} relative to the pinned summary"
 
 
 # ---------------------------------------------------------------- a method added in three places, through the DAG

@@ -85,7 +85,7 @@ def test_grid_of_the_default_study():
     assert len(by_arm["retrain"]) == len(by_arm["scratch"])          # setting 2's P-R_N are setting 1's at 0.5
     assert seeds >= 3 and budgets["seed_ratios"] == [0.5]
     assert len(by_arm["scratch_total"]) == len(budgets["setting2_methods"]) * len(budgets["setting2_ratios"]) * seeds
-    assert len(by_arm["scratch_flops"]) == len(budgets["setting3_ratios"]) == 0      # setting 3: configs/cpu_full.yaml
+    assert len(by_arm["scratch_flops"]) == len(budgets["setting3_ratios"]) == 0      # setting 3: configs/cpu_setting3.yaml
     for run in grid:  # paths round-trip, so the evaluate rule can recover a run from its path
         assert Run.from_model_path(run.model_path) == run
     assert Run("scratch_total", "sparsegpt", 0.5, 250_000).train_tokens(1_000_000) == 1_250_000

@@ -94,7 +94,7 @@ def test_every_cli_answers_help_from_any_directory(cli, tmp_path):
 
 def test_snakemake_lint_has_no_warnings():
     for config in ("config.yaml", "configs/smoke.yaml", "configs/paper.yaml", "configs/smollm2.yaml",
-                   "configs/cpu_full.yaml"):
+                   "configs/cpu_full.yaml", "configs/cpu_setting3.yaml"):
         result = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--configfile", config], cwd=ROOT,
                                 capture_output=True, text=True, timeout=300)
         out = result.stdout + result.stderr

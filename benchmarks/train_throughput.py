@@ -16,9 +16,15 @@ same torch.set_num_threads):
   bare      a bare loop on the same HF model: forward (use_cache=False), cross_entropy, backward,
             clip_grad_norm_, torch.optim.AdamW (stock options) step, zero_grad.
 With --levers, more: bare_usecache (the bare loop with HF's default use_cache), bare_foreach /
-bare_fused (AdamW foreach=True / fused=True), pvs_compile (train.compile: layers; the warm-up includes
+bare_fused (AdamW foreach=True / fused=True), bare_attn_eager (HF's eager attention: matmul, mask,
+softmax, matmul), bare_sdpa_math (SDPA restricted to its math backend; the default dispatches to the CPU
+flash kernel, as HF passes is_causal and no mask), pvs_compile (train.compile: layers; the warm-up includes
 the compilation, its seconds are reported), pvs_bf16 (train.precision: bf16 autocast; only where the
 CPU has amx_bf16). --variants picks any of these by name.
+
+--profile adds, per variant, torch.profiler's operators by self CPU time over --steps steps (after the
+timed repetitions): milliseconds per step and share of the step, the top operators and the share of
+SDPA's kernels (``attention_share``) -- where a step's time goes.
 
 Measurement: every variant runs --warmup steps, then --reps repetitions of --steps steps each; the
 repetitions interleave the variants (the order rotates each repetition), so a load change on a shared
@@ -41,6 +47,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +58,8 @@ NEW_VOCAB = 1024
 TOY_ARCH = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
             "num_key_value_heads": 1, "max_position_embeddings": 64}
 BASELINE_COMMIT = "0768a99"
+VARIANTS = ("baseline", "pvs", "bare", "bare_usecache", "bare_foreach", "bare_fused", "bare_attn_eager",
+            "bare_sdpa_math", "pvs_compile", "pvs_bf16")
 
 from pvs.config import load_config, validate_config
 from pvs.modeling import apply_masks_, init_weights_, llama_config, mask_grads_
@@ -106,21 +115,41 @@ def build_variant(name: str, model, recipe: dict, batch):
             compile_layers(model)                                   # as pvs.train.trainer._prepare_model
         step = make_train_step(model, make_optimizer(model, recipe), None, recipe, torch.device("cpu"))
         return lambda: step(batch, lr)[0]
-    options = {"bare": {}, "bare_usecache": {}, "bare_foreach": {"foreach": True}, "bare_fused": {"fused": True}}[name]
+    options = {"bare": {}, "bare_usecache": {}, "bare_foreach": {"foreach": True}, "bare_fused": {"fused": True},
+               "bare_attn_eager": {}, "bare_sdpa_math": {}}[name]
     use_cache = name == "bare_usecache"
+    if name == "bare_attn_eager":
+        model.set_attn_implementation("eager")
+    backend = (lambda: sdpa_kernel(SDPBackend.MATH)) if name == "bare_sdpa_math" else contextlib.nullcontext
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(recipe["betas"]), eps=recipe["eps"],
                                   weight_decay=recipe["weight_decay"], **options)
 
     def bare():
         (x, y), = batch
-        logits = model(input_ids=x, use_cache=use_cache).logits
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
-        loss.backward()
+        with backend():
+            logits = model(input_ids=x, use_cache=use_cache).logits
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
     return bare
+
+
+def profile_step(step, steps: int, top: int = 12) -> dict:
+    """torch.profiler's CPU operators of ``steps`` calls of ``step``: ms per step by self time, shares, top ops."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    ops = [(e.key, e.self_cpu_time_total / 1000 / steps) for e in prof.key_averages()]
+    total = sum(ms for _, ms in ops)
+    ops.sort(key=lambda op: -op[1])
+    attention = sum(ms for key, ms in ops if "scaled_dot_product" in key)
+    return {"self_cpu_ms_per_step": round(total, 2), "attention_share": round(attention / total, 3),
+            "top_ops": [{"op": key, "ms_per_step": round(ms, 2), "share": round(ms / total, 3)}
+                        for key, ms in ops[:top]]}
 
 
 def measure_shape(label: str, arch: dict, vocab: int, seq: int, batch_size: int, recipe: dict,
@@ -158,6 +187,9 @@ def measure_shape(label: str, arch: dict, vocab: int, seq: int, batch_size: int,
                    "tok_per_s_reps": [round(v, 1) for v in wall[name]],
                    "warmup_seconds": round(warmup[name], 2),
                    "loss_after": float(loss[name])} for name in variants}
+    if args.profile:
+        for name in variants:
+            rows[name]["profile"] = profile_step(steps[name], args.steps)
     ratios = {}
     for ref in ("baseline", "bare"):
         if ref in rows:
@@ -206,8 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", nargs="+", choices=["default", "new"], default=["default", "new"])
     parser.add_argument("--seqs", nargs="+", type=int, default=[128, 256], help="seq_len of the 'new' shape")
     parser.add_argument("--batches", nargs="+", type=int, default=[8, 16, 32], help="batch sizes of the 'new' shape")
-    parser.add_argument("--variants", nargs="+", help="variants to run (default: baseline pvs bare, + levers)")
-    parser.add_argument("--levers", action="store_true", help="add bare_usecache, bare_foreach, bare_fused, pvs_compile, pvs_bf16")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS,
+                        help="variants to run (default: baseline pvs bare, + levers)")
+    parser.add_argument("--levers", action="store_true", help="add bare_usecache, bare_foreach, bare_fused, "
+                        "bare_attn_eager, bare_sdpa_math, pvs_compile, pvs_bf16")
+    parser.add_argument("--profile", action="store_true", help="add each variant's operator profile (self CPU time)")
     parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions; the median counts")
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps per variant per repetition")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
@@ -221,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(threads)
     flags = cpu_flags()
     variants = args.variants or ["baseline", "pvs", "bare"] + (
-        ["bare_usecache", "bare_foreach", "bare_fused", "pvs_compile"] + (["pvs_bf16"] if "amx_bf16" in flags else [])
+        ["bare_usecache", "bare_foreach", "bare_fused", "bare_attn_eager", "bare_sdpa_math", "pvs_compile"]
+        + (["pvs_bf16"] if "amx_bf16" in flags else [])
         if args.levers else [])
     recipe = cfg["train"]
     results = []

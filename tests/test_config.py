@@ -224,3 +224,15 @@ def test_budgets_beyond_one_epoch_fail_once_the_data_exist_and_can_be_allowed(tm
     manifest["doc_chars"] += 1
     (results / "data" / "manifest.json").write_text(json.dumps(manifest))
     assert not data_epoch_errors(cfg)
+
+
+@pytest.mark.parametrize("preset, own_train_keys", [("configs/cpu_full.yaml", {"lr_sweep"}),
+                                                    ("configs/cpu_setting3.yaml", set())])
+def test_the_longer_cpu_presets_keep_the_default_size_and_recipe(preset, own_train_keys):
+    """cpu_full and cpu_setting3 add arms to the default study; data, parent, recipe and evaluation stay its own."""
+    default, longer = load_config(ROOT / "config.yaml"), load_config(ROOT / preset)
+    for section in ("data", "parent", "evaluate"):
+        assert longer[section] == default[section], (preset, section)
+    differing = {key for key in default["train"] if longer["train"][key] != default["train"][key]}
+    assert differing == own_train_keys, (preset, differing)
+    assert longer["prune"]["methods"] == default["prune"]["methods"] and longer["budgets"]["main"] == default["budgets"]["main"]

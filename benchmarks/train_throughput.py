@@ -58,8 +58,11 @@ NEW_VOCAB = 1024
 TOY_ARCH = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
             "num_key_value_heads": 1, "max_position_embeddings": 64}
 BASELINE_COMMIT = "0768a99"
-VARIANTS = ("baseline", "pvs", "bare", "bare_usecache", "bare_foreach", "bare_fused", "bare_attn_eager",
-            "bare_sdpa_math", "pvs_compile", "pvs_bf16")
+BASE_VARIANTS = ("baseline", "pvs", "bare")
+BARE_OPTIMIZER_OPTIONS = {"bare": {}, "bare_usecache": {}, "bare_foreach": {"foreach": True},
+                          "bare_fused": {"fused": True}, "bare_attn_eager": {}, "bare_sdpa_math": {}}
+LEVERS = (*list(BARE_OPTIMIZER_OPTIONS)[1:], "pvs_compile", "pvs_bf16")     # pvs_bf16 only where amx_bf16
+VARIANTS = BASE_VARIANTS + LEVERS
 
 from pvs.config import load_config, validate_config
 from pvs.modeling import apply_masks_, init_weights_, llama_config, mask_grads_
@@ -115,8 +118,7 @@ def build_variant(name: str, model, recipe: dict, batch):
             compile_layers(model)                                   # as pvs.train.trainer._prepare_model
         step = make_train_step(model, make_optimizer(model, recipe), None, recipe, torch.device("cpu"))
         return lambda: step(batch, lr)[0]
-    options = {"bare": {}, "bare_usecache": {}, "bare_foreach": {"foreach": True}, "bare_fused": {"fused": True},
-               "bare_attn_eager": {}, "bare_sdpa_math": {}}[name]
+    options = BARE_OPTIMIZER_OPTIONS[name]
     use_cache = name == "bare_usecache"
     if name == "bare_attn_eager":
         model.set_attn_implementation("eager")
@@ -240,8 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", nargs="+", type=int, default=[8, 16, 32], help="batch sizes of the 'new' shape")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS,
                         help="variants to run (default: baseline pvs bare, + levers)")
-    parser.add_argument("--levers", action="store_true", help="add bare_usecache, bare_foreach, bare_fused, "
-                        "bare_attn_eager, bare_sdpa_math, pvs_compile, pvs_bf16")
+    parser.add_argument("--levers", action="store_true", help=f"add {', '.join(LEVERS)} (pvs_bf16 only with amx_bf16)")
     parser.add_argument("--profile", action="store_true", help="add each variant's operator profile (self CPU time)")
     parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions; the median counts")
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps per variant per repetition")
@@ -255,10 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or cfg["threads_per_job"]
     torch.set_num_threads(threads)
     flags = cpu_flags()
-    variants = args.variants or ["baseline", "pvs", "bare"] + (
-        ["bare_usecache", "bare_foreach", "bare_fused", "bare_attn_eager", "bare_sdpa_math", "pvs_compile"]
-        + (["pvs_bf16"] if "amx_bf16" in flags else [])
-        if args.levers else [])
+    levers = [v for v in LEVERS if v != "pvs_bf16" or "amx_bf16" in flags] if args.levers else []
+    variants = args.variants or [*BASE_VARIANTS, *levers]
     recipe = cfg["train"]
     results = []
     for label, arch, vocab, seq, batch in shapes(args, cfg):

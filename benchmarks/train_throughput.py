@@ -19,7 +19,8 @@ With --levers, more: bare_usecache (the bare loop with HF's default use_cache), 
 bare_fused (AdamW foreach=True / fused=True), bare_attn_eager (HF's eager attention: matmul, mask,
 softmax, matmul), bare_sdpa_math (SDPA restricted to its math backend; the default dispatches to the CPU
 flash kernel, as HF passes is_causal and no mask), pvs_compile (train.compile: layers; the warm-up includes
-the compilation, its seconds are reported), pvs_bf16 (train.precision: bf16 autocast; only where the
+the compilation, its seconds are reported), pvs_compile_attn_eager (the same with HF's eager attention,
+which inductor compiles with the rest of the layer instead of calling SDPA's kernel), pvs_bf16 (train.precision: bf16 autocast; only where the
 CPU has amx_bf16). --variants picks any of these by name.
 
 --profile adds, per variant, torch.profiler's operators by self CPU time over --steps steps (after the
@@ -61,7 +62,9 @@ BASELINE_COMMIT = "0768a99"
 BASE_VARIANTS = ("baseline", "pvs", "bare")
 BARE_OPTIMIZER_OPTIONS = {"bare": {}, "bare_usecache": {}, "bare_foreach": {"foreach": True},
                           "bare_fused": {"fused": True}, "bare_attn_eager": {}, "bare_sdpa_math": {}}
-LEVERS = (*list(BARE_OPTIMIZER_OPTIONS)[1:], "pvs_compile", "pvs_bf16")     # pvs_bf16 only where amx_bf16
+PVS_RECIPE_OPTIONS = {"pvs": {}, "pvs_compile": {"compile": "layers"},
+                      "pvs_compile_attn_eager": {"compile": "layers"}, "pvs_bf16": {"precision": "bf16"}}
+LEVERS = (*list(BARE_OPTIMIZER_OPTIONS)[1:], *list(PVS_RECIPE_OPTIONS)[1:])   # pvs_bf16 only where amx_bf16
 VARIANTS = BASE_VARIANTS + LEVERS
 
 from pvs.config import load_config, validate_config
@@ -112,8 +115,9 @@ def build_variant(name: str, model, recipe: dict, batch):
         optimizer = baseline_optimizer(model, recipe)
         return lambda: baseline_step(model, optimizer, None, clip, batch, lr)[0]
     if name.startswith("pvs"):
-        recipe = {**recipe, **{"pvs_compile": {"compile": "layers"},
-                               "pvs_bf16": {"precision": "bf16"}}.get(name, {})}
+        recipe = {**recipe, **PVS_RECIPE_OPTIONS[name]}
+        if name == "pvs_compile_attn_eager":
+            model.set_attn_implementation("eager")                  # inductor fuses mask, softmax and the matmuls
         if recipe["compile"] == "layers":
             compile_layers(model)                                   # as pvs.train.trainer._prepare_model
         step = make_train_step(model, make_optimizer(model, recipe), None, recipe, torch.device("cpu"))

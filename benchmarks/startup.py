@@ -12,9 +12,11 @@ Snakemake sets for a 1-thread job. A warm no-op job (``python -m pvs.warm this``
 start-up S_warm (client, connection, fork); a job's in-process work is W = T_warm - S_warm and the cold
 start-up S_cold = T_cold - W (work that neither path avoids, pvs's own imports included, counts as work).
 Medians over the reps. The share of job-seconds is S / T per job, over these jobs, and weighted by the
-default study's job counts (129 train, 24 prune, 125 evaluate; train at the smallest budget, so the share is
-overstated), the warm path paying its servers' cold starts once each.
-Writes ``benchmarks/results/startup.json`` (with library versions and the CPU count).
+study's own warm-started job counts, read from ``snakemake -n`` on --config (train = the parent, the children
+and the LR sweep's runs; prune; evaluate), the warm path paying its servers' cold starts once each. The timed
+training job runs the study's smallest training budget unless --train-tokens says otherwise, so the share is
+overstated for the longer ones.
+Writes ``benchmarks/results/startup.json`` (with library versions, the machine and the job counts).
 """
 from __future__ import annotations
 
@@ -31,13 +33,39 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))
 
 from pvs.cli import doc_parser  # noqa: E402
-from pvs.versions import library_versions  # noqa: E402
+from pvs.versions import library_versions, machine_info  # noqa: E402
 
 THREAD_VARS = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
-# the default study's (config.yaml) jobs that start warm (snakemake -n): train = train_parent 1 + train_child 100
-# + the LR sweep's runs 28 (lr_sweep_parent 4, lr_sweep_child 24), prune 24, evaluate 125
-DEFAULT_STUDY_WARM_JOBS = {"train": 129, "prune": 24, "evaluate": 125}
+# the rules whose jobs start warm (workflow/rules/common.smk WARM_PY), by the kind of job this script times
+WARM_RULES = {"train": ("train_parent", "train_child", "lr_sweep_parent", "lr_sweep_child"), "prune": ("prune",),
+              "evaluate": ("evaluate",)}
+
+
+def study_warm_jobs(configfile: str) -> dict[str, int]:
+    """The study's warm-started jobs per kind, from the job stats of ``snakemake -n`` on ``configfile``."""
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", "--cores", "1", "--configfile", configfile]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(cmd)} exited with {done.returncode}:\n{done.stderr[-2000:]}")
+    counts: dict[str, int] = {}
+    for line in done.stdout.splitlines():
+        fields = line.split()
+        if len(fields) == 2 and fields[1].isdigit():
+            counts.setdefault(fields[0], int(fields[1]))           # the first job-stats table
+    return {kind: sum(counts.get(rule, 0) for rule in rules) for kind, rules in WARM_RULES.items()}
+
+
+def smallest_training_budget(configfile: str) -> str:
+    """The study's smallest training budget: the main and scaling budgets, and the LR sweep's where it runs."""
+    from pvs.budget import format_tokens, parse_tokens
+    from pvs.config import load_config
+
+    cfg = load_config(ROOT / configfile)
+    budgets = [cfg["budgets"]["main"], *cfg["budgets"]["scaling"]]
+    if cfg["train"].get("lr_sweep"):
+        budgets.append(cfg["train"]["lr_sweep_tokens"] or cfg["budgets"]["main"])
+    return format_tokens(min(parse_tokens(b) for b in budgets))
 
 
 def environment(work: Path) -> dict[str, str]:
@@ -114,10 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = doc_parser("benchmarks/startup.py", __doc__)
     parser.add_argument("--reps", type=int, default=3, help="timed runs of each job on each path (default: 3)")
     add_preparation_args(parser, "/tmp/pvs-startup-bench")
-    parser.add_argument("--train-tokens", default="50k",
-                        help="tokens of the timed retraining job (default: %(default)s, the default study's smallest)")
+    parser.add_argument("--train-tokens", default=None,
+                        help="tokens of the timed retraining job (default: the study's smallest training budget)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/startup.json"), help="results JSON")
     args = parser.parse_args(argv)
+    args.train_tokens = args.train_tokens or smallest_training_budget(args.config)
+    n = study_warm_jobs(args.config)
     work = Path(args.work)
     env = environment(work)
     p = prepare(work, env, args)
@@ -149,7 +179,6 @@ def main(argv: list[str] | None = None) -> int:
                          "work_s": round(work_s, 3), "startup_cold_s": round(s_cold, 3),
                          "startup_warm_s": round(s_warm, 3), "share_cold": round(s_cold / med[name]["cold"], 4),
                          "share_warm": round(s_warm / med[name]["warm"], 4)}
-    n = DEFAULT_STUDY_WARM_JOBS
     study = {}
     for path in ("cold", "warm"):
         startup = sum(n[k] * per_job[k][f"startup_{path}_s"] for k in per_job)
@@ -160,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     these = {path: sum(per_job[k][f"startup_{path}_s"] for k in per_job) / sum(per_job[k][f"total_{path}_s"]
                                                                            for k in per_job)
              for path in ("cold", "warm")}
-    result = {"reps": args.reps, "cpu_count": os.cpu_count(), "versions": library_versions(),
+    result = {"reps": args.reps, "cpu_count": os.cpu_count(), "machine": machine_info(), "versions": library_versions(),
               "threads_env": "1 (as Snakemake sets for a 1-thread job)", "server_start_s": round(server_start, 3),
               "noop_s": {k: round(v, 3) for k, v in med["noop"].items()}, "jobs": per_job,
               "share_on_these_jobs": {k: round(v, 4) for k, v in these.items()},

@@ -16,10 +16,12 @@ study's own warm-started job counts, read from ``snakemake -n`` on --config (tra
 and the LR sweep's runs; prune; evaluate), the warm path paying its servers' cold starts once each. The timed
 training job runs the study's smallest training budget unless --train-tokens says otherwise, so the share is
 overstated for the longer ones.
+Every rep's outputs are compared (weights and JSON records, their ``seconds*`` keys aside): ``outputs_identical_cold_and_warm``.
 Writes ``benchmarks/results/startup.json`` (with library versions, the machine and the job counts).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -138,6 +140,25 @@ def jobs(p: dict[str, Path], out: Path, train_tokens: str) -> dict[str, list[str
     }
 
 
+def output_digest(run_dir: Path) -> str:
+    """A digest of what a job wrote: every safetensors file, and every JSON file without its run-time keys."""
+    digest = hashlib.sha256()
+    for path in sorted(run_dir.rglob("*")):
+        if path.suffix == ".safetensors":
+            digest.update(path.relative_to(run_dir).as_posix().encode() + path.read_bytes())
+        elif path.suffix == ".json":
+            record = json.loads(path.read_text())
+            if isinstance(record, dict):                             # run time: "seconds", "seconds_this_run"
+                record = {key: value for key, value in record.items() if not key.startswith("seconds")}
+            digest.update(path.relative_to(run_dir).as_posix().encode() + json.dumps(record, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def outputs_match(runs: Path, names=("prune", "train", "evaluate")) -> dict[str, bool]:
+    """Per job: whether every rep on both paths (``<name>_<cold|warm>_<rep>``) wrote the same outputs."""
+    return {name: len({output_digest(d) for d in runs.glob(f"{name}_*_*") if d.is_dir()}) == 1 for name in names}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = doc_parser("benchmarks/startup.py", __doc__)
     parser.add_argument("--reps", type=int, default=3, help="timed runs of each job on each path (default: 3)")
@@ -193,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
               "threads_env": "1 (as Snakemake sets for a 1-thread job)", "server_start_s": round(server_start, 3),
               "noop_s": {k: round(v, 3) for k, v in med["noop"].items()}, "jobs": per_job,
               "share_on_these_jobs": {k: round(v, 4) for k, v in these.items()},
+              "outputs_identical_cold_and_warm": outputs_match(work / "runs"),
               "config": args.config, "parent_tokens": args.parent_tokens, "train_tokens": args.train_tokens,
               "weighted_by_default_study_jobs": {"jobs": n, **study},
               "raw_s": times}

@@ -62,12 +62,13 @@ def smallest_training_budget(configfile: str) -> str:
     """The study's smallest training budget: the main and scaling budgets, and the LR sweep's where it runs."""
     from pvs.budget import format_tokens, parse_tokens
     from pvs.config import load_config
+    from pvs.sweep import Sweep
 
     cfg = load_config(ROOT / configfile)
-    budgets = [cfg["budgets"]["main"], *cfg["budgets"]["scaling"]]
+    budgets = [parse_tokens(b) for b in [cfg["budgets"]["main"], *cfg["budgets"]["scaling"]]]
     if cfg["train"].get("lr_sweep"):
-        budgets.append(cfg["train"]["lr_sweep_tokens"] or cfg["budgets"]["main"])
-    return format_tokens(min(parse_tokens(b) for b in budgets))
+        budgets.append(Sweep.from_config(cfg).tokens)              # the sweep's own default rule
+    return format_tokens(min(budgets))
 
 
 def environment(work: Path) -> dict[str, str]:
